@@ -1,0 +1,72 @@
+"""Running a call as a DBOS step: names, retry options, and exceptions that replay as they were raised."""
+
+from __future__ import annotations
+
+import pickle
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from dbos import DBOS, StepOptions
+from pydantic_ai.exceptions import ApprovalRequired, CallDeferred, ModelRetry, SkipModelRequest, ToolRetryError
+
+from .config import StepConfig
+from .exceptions import StepFailedError
+
+T = TypeVar("T")
+
+# Exceptions that steer the agent (ask the model to retry, defer a call for approval) rather than
+# report a failure: a step that raises one must not be retried by DBOS, only recorded and re-raised.
+CONTROL_FLOW_EXCEPTIONS: tuple[type[BaseException], ...] = (
+    ModelRetry,
+    ApprovalRequired,
+    CallDeferred,
+    ToolRetryError,
+    SkipModelRequest,
+)
+
+
+def in_workflow() -> bool:
+    """Whether the caller runs inside a DBOS workflow, where steps are checkpointed."""
+    return DBOS.workflow_id is not None
+
+
+def _should_retry(error: BaseException) -> bool:
+    return not isinstance(error, CONTROL_FLOW_EXCEPTIONS)
+
+
+def step_options(name: str, config: StepConfig) -> StepOptions:
+    """DBOS step options for a step called `name` with the retry policy `config`."""
+    options: StepOptions = {"name": name, "should_retry": _should_retry}
+    options.update(config)  # type: ignore[typeddict-item]
+    return options
+
+
+def portable_exception(error: Exception) -> Exception:
+    """`error` itself if DBOS can store it and rebuild the same exception on replay, else a `StepFailedError`."""
+    try:
+        rebuilt = pickle.loads(pickle.dumps(error))
+    except Exception:
+        rebuilt = None
+    if type(rebuilt) is type(error):
+        return error
+    return StepFailedError(f"{type(error).__module__}.{type(error).__qualname__}", str(error))
+
+
+def checkpointable(func: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
+    """`func` with its exceptions made safe to record: see `portable_exception`."""
+
+    async def call(*args: Any) -> T:
+        try:
+            return await func(*args)
+        except Exception as error:
+            portable = portable_exception(error)
+            if portable is error:
+                raise
+            raise portable from error
+
+    return call
+
+
+async def run_step(options: StepOptions, func: Callable[..., Awaitable[T]], *args: Any) -> T:
+    """Run `await func(*args)` as a DBOS step; its result, or the exception it raised, is checkpointed."""
+    return await DBOS.run_step_async(options, checkpointable(func), *args)

@@ -1,0 +1,402 @@
+"""`DBOSAgent`: a Pydantic AI agent whose runs are DBOS workflows.
+
+`run()` and `run_sync()` start a workflow (`{name}.run`, `{name}.run_sync`). Inside it the wrapped
+agent runs as usual, with one extra, per-run capability (`_DurableRun`) that turns every model
+request and MCP call into a DBOS step and keeps tool calls in replay order. After a crash DBOS
+re-executes the workflow: completed steps return their recorded results, so nothing that finished
+is paid for or done twice, and the run continues from where it stopped.
+
+Without a launched DBOS, the agent is the wrapped agent, unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterable, AsyncIterator, Collection, Iterator, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
+from contextvars import ContextVar
+from typing import Any, Literal
+
+from dbos import DBOS
+from pydantic_ai import _utils
+from pydantic_ai.agent import AbstractAgent, EventStreamHandler, WrapperAgent
+from pydantic_ai.capabilities import AbstractCapability
+from pydantic_ai.exceptions import UserError
+from pydantic_ai.mcp import MCPToolset
+from pydantic_ai.messages import AgentStreamEvent, PartDeltaEvent, PartEndEvent, PartStartEvent
+from pydantic_ai.models import Model
+from pydantic_ai.output import OutputDataT
+from pydantic_ai.run import AgentRun, AgentRunResult
+from pydantic_ai.tools import AgentDepsT, RunContext
+from pydantic_ai.toolsets import AbstractToolset, FunctionToolset
+
+from ._serialization import ensure_serializable
+from ._steps import in_workflow
+from .config import StepConfig, validate_step_config
+from .mcp import DBOSMCPToolset, mcp_toolset_id
+from .model import DBOSModel
+from .tools import DBOSFunctionToolset, ToolCallOrder, durable_tool_names
+
+__all__ = ["DBOSAgent", "DBOSParallelExecutionMode"]
+
+DBOSParallelExecutionMode = Literal["parallel_ordered_events", "sequential"]
+"""How a durable run executes the tool calls of one model response. Plain `'parallel'` is not offered:
+it emits events in completion order, which a replay would not reproduce."""
+
+# Agent names registered in this process: each names workflows and steps, so it must be unique.
+_registered_names: set[str] = set()
+
+# Run arguments that live only in this process (a callback, a token): they are not workflow inputs,
+# so a run recovered in another process goes on without them.
+_live_event_stream_handler: ContextVar[EventStreamHandler[Any] | None] = ContextVar(
+    "dbos_pydantic_ai_event_stream_handler", default=None
+)
+
+
+def dbos_launched() -> bool:
+    """Whether `DBOS.launch()` has run in this process (durable runs need it)."""
+    from dbos._dbos import _dbos_global_instance
+
+    return _dbos_global_instance is not None and _dbos_global_instance._launched
+
+
+# --- The per-run capability ---------------------------------------------------------------------
+
+
+class _DurableRun(AbstractCapability[Any]):
+    """Makes one agent run durable from inside its workflow.
+
+    Wraps each model that serves a request in a `DBOSModel`, each MCP toolset in a `DBOSMCPToolset`
+    and each function toolset in a `DBOSFunctionToolset`, and derives the run id from the workflow
+    id so a recovered run keeps the same id (and `new_messages()` keeps working).
+    """
+
+    def __init__(self, agent: DBOSAgent[Any, Any], event_stream_handler: EventStreamHandler[Any] | None) -> None:
+        self._agent = agent
+        self._run_id = DBOS.workflow_id
+        self._event_stream_handler = event_stream_handler
+        self._models: dict[int, DBOSModel] = {}
+        self._tool_order = ToolCallOrder()
+
+    @classmethod
+    def get_serialization_name(cls) -> str | None:
+        return None
+
+    def get_default_run_id(self) -> str | None:
+        return self._run_id
+
+    def get_default_conversation_id(self, run_id: str) -> str | None:
+        return run_id
+
+    def get_wrapper_model(self, model: Model) -> Model | None:
+        if isinstance(model, DBOSModel):
+            return None
+        wrapper = self._models.get(id(model))
+        if wrapper is None:
+            wrapper = self._models[id(model)] = DBOSModel(
+                model,
+                step_name_prefix=self._agent.name,
+                step_config=self._agent._model_step_config,
+                event_stream_handler=self._event_stream_handler,
+            )
+        return wrapper
+
+    def get_wrapper_toolset(self, toolset: AbstractToolset[Any]) -> AbstractToolset[Any] | None:
+        return toolset.visit_and_replace(self._wrap_toolset)
+
+    def _wrap_toolset(self, toolset: AbstractToolset[Any]) -> AbstractToolset[Any]:
+        agent = self._agent
+        if isinstance(toolset, MCPToolset):
+            return DBOSMCPToolset(toolset, step_name_prefix=agent.name, step_config=agent._mcp_step_config)
+        if isinstance(toolset, FunctionToolset):
+            return DBOSFunctionToolset(
+                toolset,
+                step_name_prefix=agent.name,
+                durable=agent._durable_tools,
+                order=self._tool_order,
+                step_config=agent._tool_step_config,
+            )
+        return toolset
+
+
+def _tool_events_only(handler: EventStreamHandler[Any]) -> EventStreamHandler[Any]:
+    """The run's event stream handler minus model-part events, which the model step already delivered live."""
+
+    async def forward(ctx: RunContext[Any], events: AsyncIterable[AgentStreamEvent]) -> None:
+        remaining = (e async for e in events if not isinstance(e, PartStartEvent | PartDeltaEvent | PartEndEvent))
+        try:
+            first = await anext(remaining)
+        except StopAsyncIteration:
+            return  # a node with nothing new for the handler: don't call it (it may be a step)
+
+        async def chained() -> AsyncIterator[AgentStreamEvent]:
+            yield first
+            async for event in remaining:
+                yield event
+
+        await handler(ctx, chained())
+
+    return forward
+
+
+# --- DBOSAgent ----------------------------------------------------------------------------------
+
+
+class DBOSAgent(WrapperAgent[AgentDepsT, OutputDataT]):
+    """A Pydantic AI agent whose `run()` and `run_sync()` are DBOS workflows.
+
+    Create it before `DBOS.launch()` (DBOS registers workflows at launch), with a name that is unique
+    in the process and stable across deployments: it names the persisted workflows and steps.
+
+    Args:
+        wrapped: The agent to make durable.
+        name: Names workflows and steps; defaults to the agent's name.
+        event_stream_handler: Receives the run's events, in place of the agent's own handler. Model
+            events arrive live from inside the model step; tool events from workflow code.
+        mcp_step_config: Retry policy of MCP steps.
+        model_step_config: Retry policy of model request steps.
+        parallel_execution_mode: `'parallel_ordered_events'` (default) or `'sequential'`.
+        models: Models a run may pick with `run(model=...)` or `override(model=...)`, by key or by
+            instance. A recovered run finds its model here by key, so an instance must be registered.
+        durable_tools: `True`, or the names of plain function tools, to run as steps named
+            `{name}__tool.{tool_name}`: a tool that finished is not run again after a crash.
+        tool_step_config: Retry policy of durable tool steps.
+    """
+
+    def __init__(
+        self,
+        wrapped: AbstractAgent[AgentDepsT, OutputDataT],
+        *,
+        name: str | None = None,
+        event_stream_handler: EventStreamHandler[AgentDepsT] | None = None,
+        mcp_step_config: StepConfig | None = None,
+        model_step_config: StepConfig | None = None,
+        parallel_execution_mode: DBOSParallelExecutionMode = "parallel_ordered_events",
+        models: Mapping[str, Model] | None = None,
+        durable_tools: bool | Collection[str] = False,
+        tool_step_config: StepConfig | None = None,
+    ) -> None:
+        super().__init__(wrapped)
+        agent_name = name or wrapped.name
+        if not agent_name:
+            raise UserError(
+                "A durable agent needs a name: it names the agent's workflows and steps in the database. "
+                "Pass `DBOSAgent(agent, name='support')` or create the agent with `Agent(..., name='support')`."
+            )
+        if dbos_launched():
+            raise UserError(
+                f"DBOSAgent {agent_name!r} was created after DBOS.launch(). DBOS registers workflows at launch, "
+                "and a relaunched process must find them to recover unfinished runs: create every DBOSAgent "
+                "at import time or before calling DBOS.launch()."
+            )
+        if agent_name in _registered_names:
+            raise UserError(
+                f"A DBOSAgent named {agent_name!r} already exists in this process. The name identifies its "
+                "workflows and steps in the database, so it must be unique: pass a different `name=`."
+            )
+        if parallel_execution_mode not in ("parallel_ordered_events", "sequential"):
+            raise UserError(
+                f"parallel_execution_mode={parallel_execution_mode!r} cannot replay deterministically; "
+                "use 'parallel_ordered_events' (the default) or 'sequential'."
+            )
+        self._name = agent_name
+        self._event_stream_handler = event_stream_handler
+        self._mcp_step_config = validate_step_config(mcp_step_config, argument="mcp_step_config")
+        self._model_step_config = validate_step_config(model_step_config, argument="model_step_config")
+        self._tool_step_config = validate_step_config(tool_step_config, argument="tool_step_config")
+        self._parallel_execution_mode = parallel_execution_mode
+        self._durable_tools = durable_tool_names(wrapped.toolsets, durable_tools)
+        self._check_mcp_toolsets(wrapped.toolsets)
+        self._models: dict[str, Model] = dict(models or {})
+        self._model_keys: dict[int, str] = {id(model): key for key, model in self._models.items()}
+        self._model_override: ContextVar[str | None] = ContextVar(f"{agent_name}_model_override", default=None)
+
+        # DBOS decorates functions, not bound methods: register closures over this agent.
+        async def run_workflow(user_prompt: Any = None, **inputs: Any) -> AgentRunResult[Any]:
+            with self._durable_run(inputs) as run_args:
+                return await self.wrapped.run(user_prompt, **run_args)
+
+        def run_sync_workflow(user_prompt: Any = None, **inputs: Any) -> AgentRunResult[Any]:
+            with self._durable_run(inputs) as run_args:
+                return self.wrapped.run_sync(user_prompt, **run_args)
+
+        self._run_workflow = DBOS.workflow(name=f"{agent_name}.run")(run_workflow)
+        self._run_sync_workflow = DBOS.workflow(name=f"{agent_name}.run_sync")(run_sync_workflow)
+        _registered_names.add(agent_name)
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @name.setter
+    def name(self, value: str | None) -> None:
+        raise UserError("A DBOSAgent's name names its persisted workflows and cannot change after it is created.")
+
+    @property
+    def event_stream_handler(self) -> EventStreamHandler[AgentDepsT] | None:
+        return self._event_stream_handler or self.wrapped.event_stream_handler
+
+    @staticmethod
+    def _check_mcp_toolsets(toolsets: Sequence[AbstractToolset[Any]]) -> None:
+        seen: set[str] = set()
+
+        def check(toolset: AbstractToolset[Any]) -> None:
+            if isinstance(toolset, MCPToolset):
+                toolset_id = mcp_toolset_id(toolset)
+                if toolset_id in seen:
+                    raise UserError(
+                        f"Two MCP toolsets share the id {toolset_id!r}; their steps would share names. "
+                        "Give each MCP toolset a unique `id`."
+                    )
+                seen.add(toolset_id)
+
+        for toolset in toolsets:
+            toolset.apply(check)
+
+    # --- Choosing the model ------------------------------------------------------------------
+
+    def _model_input(self, model: Model | str | None) -> str | None:
+        """The model a run uses, as its workflow stores it: an active `override(model=...)` wins."""
+        override = self._model_override.get()
+        return override if override is not None else self._model_key(model)
+
+    def _model_key(self, chosen: Model | str | None) -> str | None:
+        """A registered key or a model name for `chosen`; None for the agent's own model."""
+        if chosen is None or isinstance(chosen, str):
+            return chosen
+        if chosen is self.wrapped.model:
+            return None
+        key = self._model_keys.get(id(chosen))
+        if key is None:
+            raise UserError(
+                f"Model {chosen.model_name!r} is not registered with DBOSAgent {self.name!r}. A recovered run must "
+                "find its model again after a restart, so register it: `DBOSAgent(agent, models={'fast': model})`, "
+                "then pass `model='fast'` (or the same instance), or pass a model name such as 'openai:gpt-5'."
+            )
+        return key
+
+    def _resolve_model(self, model: str | None) -> Model | str | None:
+        if model is None:
+            return None
+        return self._models.get(model, model)
+
+    # --- The workflows -----------------------------------------------------------------------
+
+    def _workflow_inputs(self, run_args: dict[str, Any]) -> dict[str, Any]:
+        """The run arguments a workflow stores: set ones only, the model by key, each checked to be storable."""
+        inputs = {key: value for key, value in run_args.items() if value is not None}
+        model = self._model_input(run_args.get("model"))
+        inputs.pop("model", None)
+        if model is not None:
+            inputs["model"] = model
+        ensure_serializable(inputs)
+        return inputs
+
+    @contextmanager
+    def _durable_run(self, inputs: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        """Inside the workflow: the wrapped agent's run arguments, with the durable capability added."""
+        handler = _live_event_stream_handler.get() or self.event_stream_handler
+        run_args = dict(inputs)
+        run_args["model"] = self._resolve_model(inputs.get("model"))
+        run_args["capabilities"] = [*inputs.get("capabilities", ()), _DurableRun(self, handler)]
+        run_args["infer_name"] = False
+        if handler is not None:
+            run_args["event_stream_handler"] = _tool_events_only(handler)
+        with self.wrapped.parallel_tool_call_execution_mode(self._parallel_execution_mode):
+            yield run_args
+
+    # --- Public API: durable runs ------------------------------------------------------------
+
+    async def run(
+        self,
+        user_prompt: Any = None,
+        *,
+        event_stream_handler: EventStreamHandler[AgentDepsT] | None = None,
+        infer_name: bool = True,
+        **run_args: Any,
+    ) -> AgentRunResult[Any]:
+        """Run the agent as the durable workflow `{name}.run` (a plain run when DBOS is not launched).
+
+        Takes the same arguments as `Agent.run`. Those the workflow stores (prompt, deps, message
+        history, ...) must be serializable; `event_stream_handler` stays in this process.
+        """
+        if not dbos_launched():
+            return await self.wrapped.run(
+                user_prompt, event_stream_handler=event_stream_handler or self._event_stream_handler, **run_args
+            )
+        inputs = self._workflow_inputs(run_args)
+        ensure_serializable({"user_prompt": user_prompt})
+        token = _live_event_stream_handler.set(event_stream_handler)
+        try:
+            return await self._run_workflow(user_prompt, **inputs)
+        finally:
+            _live_event_stream_handler.reset(token)
+
+    def run_sync(
+        self,
+        user_prompt: Any = None,
+        *,
+        event_stream_handler: EventStreamHandler[AgentDepsT] | None = None,
+        infer_name: bool = True,
+        **run_args: Any,
+    ) -> AgentRunResult[Any]:
+        """Run the agent as the durable workflow `{name}.run_sync`: one workflow, no async wrapper around it."""
+        if not dbos_launched():
+            return self.wrapped.run_sync(
+                user_prompt, event_stream_handler=event_stream_handler or self._event_stream_handler, **run_args
+            )
+        inputs = self._workflow_inputs(run_args)
+        ensure_serializable({"user_prompt": user_prompt})
+        token = _live_event_stream_handler.set(event_stream_handler)
+        try:
+            return self._run_sync_workflow(user_prompt, **inputs)
+        finally:
+            _live_event_stream_handler.reset(token)
+
+    # --- Public API: the rest of the agent ---------------------------------------------------
+
+    @asynccontextmanager
+    async def iter(self, user_prompt: Any = None, **run_args: Any) -> AsyncIterator[AgentRun[AgentDepsT, Any]]:
+        """Iterate over the run's nodes. Inside a workflow its model requests and MCP calls are steps of
+        that workflow; outside one it is a plain, non-durable run."""
+        if not in_workflow():
+            async with self.wrapped.iter(user_prompt, **run_args) as agent_run:
+                yield agent_run
+            return
+        run_args["model"] = self._resolve_model(self._model_input(run_args.get("model")))
+        run_args["capabilities"] = [*(run_args.get("capabilities") or ()), _DurableRun(self, None)]
+        with self.wrapped.parallel_tool_call_execution_mode(self._parallel_execution_mode):
+            async with self.wrapped.iter(user_prompt, **run_args) as agent_run:
+                yield agent_run
+
+    def run_stream(self, user_prompt: Any = None, **run_args: Any) -> AbstractAsyncContextManager[Any]:
+        """Stream a plain, non-durable run. Inside a workflow, use `run(..., event_stream_handler=...)`."""
+        self._refuse_in_workflow("run_stream")
+        return self.wrapped.run_stream(user_prompt, **run_args)
+
+    def run_stream_events(self, user_prompt: Any = None, **run_args: Any) -> Any:
+        """Stream a plain, non-durable run's events. Inside a workflow, use `run(..., event_stream_handler=...)`."""
+        self._refuse_in_workflow("run_stream_events")
+        return self.wrapped.run_stream_events(user_prompt, **run_args)
+
+    def _refuse_in_workflow(self, method: str) -> None:
+        if in_workflow():
+            raise UserError(
+                f"`{method}()` cannot run durably inside a DBOS workflow: it hands the live model stream to the "
+                "caller, which a replay cannot reproduce. Use `await agent.run(..., event_stream_handler=handler)`: "
+                "the handler receives the same events live, and every model request is a checkpointed step."
+            )
+
+    @contextmanager
+    def override(self, *, model: Model | str | _utils.Unset = _utils.UNSET, **overrides: Any) -> Iterator[None]:
+        """Like `Agent.override`. A model instance must be registered with `models=` (see `run`)."""
+        if not _utils.is_set(model):
+            with self.wrapped.override(**overrides):
+                yield
+            return
+        key = self._model_key(model)  # refuses an unregistered instance before anything runs
+        token = self._model_override.set(key)
+        try:
+            with self.wrapped.override(model=model, **overrides):
+                yield
+        finally:
+            self._model_override.reset(token)

@@ -1,0 +1,33 @@
+"""Errors raised by dbos-pydantic-ai. Each message names the problem and the fix."""
+
+from __future__ import annotations
+
+from pydantic_ai.exceptions import UserError
+
+__all__ = ["DatabaseUnreachableError", "NotSerializableError", "StepFailedError", "UserError"]
+
+
+class DatabaseUnreachableError(UserError):
+    """The database URL given to DBOS cannot be opened."""
+
+
+class NotSerializableError(UserError):
+    """A durable run was given an input that DBOS cannot store, so it could not be resumed after a crash."""
+
+
+class StepFailedError(Exception):
+    """A step raised an exception that DBOS could not store and rebuild as it was.
+
+    DBOS records a step's exception so that a replay raises the same one. An exception whose class
+    cannot be rebuilt from its pickle (for example one whose `__init__` takes extra required
+    arguments) would come back as a different error on replay and could change the branch a run
+    takes, so it is replaced by this error on the first run too. The original type and message are kept.
+    """
+
+    def __init__(self, type_name: str, message: str) -> None:
+        self.type_name = type_name
+        self.message = message
+        super().__init__(type_name, message)
+
+    def __str__(self) -> str:
+        return f"{self.type_name}: {self.message}"

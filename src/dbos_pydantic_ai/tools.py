@@ -1,0 +1,106 @@
+"""Function tools in a durable run: DBOS-decorated tools, opt-in durable tools, and replay order.
+
+Tools are not wrapped by default. A tool that is itself a `@DBOS.step` is recorded as that step and
+a `@DBOS.workflow` runs as a child workflow, because DBOS does that for any call made inside a
+workflow. A plain tool runs inline, and runs again if the run is recovered before the next
+checkpoint. With `DBOSAgent(..., durable_tools=True)` (or a collection of tool names) plain tools
+become steps named `{agent}__tool.{tool_name}`, so a side effect that finished is not repeated.
+
+Replay order. DBOS numbers a workflow's steps in the order they start, and a replay must meet the
+same step at the same number. The model may ask for several tool calls at once, and pydantic-ai runs
+them as concurrent tasks started in the order of the model's response. So:
+
+- a durable tool takes its step number with `DBOS.reserve_step()` as the first thing its task does,
+  before any await: the numbers follow the response order, and the steps still run in parallel;
+- DBOS-decorated tools take their numbers inside DBOS, possibly on a worker thread and possibly
+  several each, so they take turns in response order through a FIFO lock, one at a time;
+- plain tools create no steps and run fully in parallel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Collection
+from dataclasses import dataclass, field
+from typing import Any
+
+from dbos import DBOS
+from pydantic_ai.exceptions import UserError
+from pydantic_ai.tools import RunContext
+from pydantic_ai.toolsets import AbstractToolset, FunctionToolset, WrapperToolset
+from pydantic_ai.toolsets.abstract import ToolsetTool
+from pydantic_ai.toolsets.function import FunctionToolsetTool
+
+from ._steps import checkpointable, in_workflow, step_options
+from .config import StepConfig
+
+__all__ = ["DBOSFunctionToolset", "is_dbos_function", "durable_tool_names"]
+
+
+def is_dbos_function(func: Any) -> bool:
+    """Whether `func` was decorated with `@DBOS.step` or `@DBOS.workflow` (DBOS records its name on it)."""
+    return hasattr(func, "dbos_function_name")
+
+
+def durable_tool_names(toolsets: Collection[AbstractToolset[Any]], durable_tools: bool | Collection[str]) -> frozenset[str]:
+    """The plain function tools to run as durable steps; an unknown name is a clear error."""
+    if durable_tools is False:
+        return frozenset()
+    plain: set[str] = set()
+
+    def collect(toolset: AbstractToolset[Any]) -> None:
+        if isinstance(toolset, FunctionToolset):
+            plain.update(name for name, tool in toolset.tools.items() if not is_dbos_function(tool.function))
+
+    for toolset in toolsets:
+        toolset.apply(collect)
+    if durable_tools is True:
+        return frozenset(plain)
+    if isinstance(durable_tools, str):
+        raise UserError(f"`durable_tools` takes True or a collection of tool names, not the string {durable_tools!r}.")
+    unknown = sorted(set(durable_tools) - plain)
+    if unknown:
+        raise UserError(
+            f"`durable_tools` names {unknown}, which are not plain function tools of this agent "
+            f"(plain tools: {sorted(plain)}). Tools decorated with @DBOS.step or @DBOS.workflow are durable already."
+        )
+    return frozenset(durable_tools)
+
+
+class ToolCallOrder:
+    """Per-run state that keeps tool calls' DBOS step numbers in the model's order (see module docstring)."""
+
+    def __init__(self) -> None:
+        self.dbos_tool_turns = asyncio.Lock()  # FIFO: waiters are woken in the order they queued
+
+
+@dataclass
+class DBOSFunctionToolset(WrapperToolset[Any]):
+    """Wraps a `FunctionToolset` for one durable run."""
+
+    step_name_prefix: str
+    durable: frozenset[str]
+    order: ToolCallOrder
+    step_config: StepConfig = field(default_factory=StepConfig)
+
+    def __post_init__(self) -> None:
+        assert isinstance(self.wrapped, FunctionToolset)
+        self._dbos_tools = frozenset(
+            name for name, tool in self.wrapped.tools.items() if is_dbos_function(tool.function)
+        )
+
+    async def call_tool(
+        self, name: str, tool_args: dict[str, Any], ctx: RunContext[Any], tool: ToolsetTool[Any]
+    ) -> Any:
+        original_name = tool.original_name if isinstance(tool, FunctionToolsetTool) else name
+        if not in_workflow() or not (original_name in self.durable or original_name in self._dbos_tools):
+            return await self.wrapped.call_tool(name, tool_args, ctx, tool)
+        if original_name in self.durable:
+            reservation = DBOS.reserve_step()  # before any await: numbers follow the task start order
+            options = step_options(f"{self.step_name_prefix}__tool.{original_name}", self.step_config)
+            return await reservation.run_async(options, checkpointable(self.wrapped.call_tool), name, tool_args, ctx, tool)
+        async with self.order.dbos_tool_turns:
+            return await self.wrapped.call_tool(name, tool_args, ctx, tool)
+
+    def visit_and_replace(self, visitor: Any) -> AbstractToolset[Any]:
+        return self
