@@ -396,7 +396,9 @@ class DBOSAgent(WrapperAgent[AgentDepsT, OutputDataT]):
         key = self._model_key(model)  # refuses an unregistered instance before anything runs
         token = self._model_override.set(key)
         try:
-            with self.wrapped.override(model=model, **overrides):
+            # A registered key means its model: the wrapped agent knows no keys ('fast' is no model name).
+            resolved = self._resolve_model(key) if key is not None else model
+            with self.wrapped.override(model=resolved, **overrides):
                 yield
         finally:
             self._model_override.reset(token)

@@ -15,7 +15,7 @@ from typing import Any, TypedDict
 
 from dbos import DBOSConfig
 
-from .exceptions import DatabaseUnreachableError
+from .exceptions import DatabaseUnreachableError, UserError
 
 __all__ = ["StepConfig", "dbos_config", "check_database_url", "enable_sqlite_wal", "redact_url"]
 
@@ -41,7 +41,7 @@ def validate_step_config(config: StepConfig | None, *, argument: str) -> StepCon
         return {}
     unknown = set(config) - _STEP_CONFIG_KEYS
     if unknown:
-        raise ValueError(
+        raise UserError(
             f"`{argument}` has unknown keys {sorted(unknown)}; a StepConfig takes only {sorted(_STEP_CONFIG_KEYS)}."
         )
     return config
@@ -116,11 +116,16 @@ def check_database_url(url: str, *, timeout_seconds: float = 5.0) -> None:
         if "does not exist" in str(error):
             return  # the server answered; DBOS creates the database on launch
         raise DatabaseUnreachableError(
-            f"Cannot reach PostgreSQL at {redact_url(url)!r}: {str(error.orig).strip()}. "
+            f"Cannot reach PostgreSQL at {redact_url(url)!r} ({_first_line(error.orig)}). "
             "Check that the server is running and the host, port, user and password are right."
         ) from None
     finally:
         engine.dispose()
+
+
+def _first_line(error: BaseException | None) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[0].rstrip(".?") if lines else "no answer"
 
 
 # --- DBOS configuration ------------------------------------------------------------------------

@@ -1,0 +1,152 @@
+"""`dbos_config()`: where the database is, SQLite in WAL mode, identity settings, and URLs safe to print."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from dbos import DBOS, DBOSClient, DBOSConfig
+from pydantic_ai import Agent
+from pydantic_ai.models.test import TestModel
+
+from dbos_pydantic_ai import DBOSAgent, dbos_config
+from dbos_pydantic_ai.config import redact_url
+
+Launch = Callable[[DBOSConfig], None]
+
+
+@pytest.fixture
+def launch_with() -> Iterator[Launch]:
+    """Launch DBOS with a config of the test's making; destroy it afterwards."""
+    DBOS.destroy()
+
+    def launch(config: DBOSConfig) -> None:
+        DBOS(config=config)
+        DBOS.launch()
+
+    yield launch
+    DBOS.destroy()
+
+
+def journal_mode(path: Path) -> str:
+    with sqlite3.connect(path) as connection:
+        mode = connection.execute("PRAGMA journal_mode").fetchone()[0]
+    connection.close()
+    return str(mode)
+
+
+def test_default_database_is_a_wal_sqlite_file_in_the_working_directory(
+    agent_name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, launch_with: Launch
+) -> None:
+    """Without a URL the database is `sqlite:///{name}.sqlite` here, created in WAL mode, and DBOS uses it.
+
+    (Only SQLite: the default is a SQLite file by definition.)
+    """
+    monkeypatch.delenv("DBOS_SYSTEM_DATABASE_URL", raising=False)
+    monkeypatch.chdir(tmp_path)
+
+    config = dbos_config("shop", application_version="test")
+
+    assert config["system_database_url"] == "sqlite:///shop.sqlite"
+    database = tmp_path / "shop.sqlite"
+    assert journal_mode(database) == "wal"
+
+    durable = DBOSAgent(Agent(TestModel(), name=agent_name))
+    launch_with(config)
+    durable.run_sync("hi")
+    assert journal_mode(database) == "wal"  # DBOS's migrations kept it
+    with sqlite3.connect(database) as connection:
+        names = [row[0] for row in connection.execute("SELECT name FROM workflow_status")]
+    connection.close()
+    assert names == [f"{agent_name}.run_sync"]
+
+
+def test_explicit_sqlite_url_is_put_in_wal_mode(tmp_path: Path) -> None:
+    """A given SQLite URL is created in WAL mode too, and the URL is kept as given."""
+    url = f"sqlite:///{tmp_path / 'app.sqlite'}"
+    assert dbos_config("app", database_url=url)["system_database_url"] == url
+    assert journal_mode(tmp_path / "app.sqlite") == "wal"
+
+
+def test_environment_variable_is_honoured(
+    agent_name: str, database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, launch_with: Launch
+) -> None:
+    """`DBOS_SYSTEM_DATABASE_URL` picks the database when no URL is passed: runs land there, not in a default file."""
+    monkeypatch.setenv("DBOS_SYSTEM_DATABASE_URL", database_url)
+    monkeypatch.chdir(tmp_path)
+    config = dbos_config("app", application_version="test")
+    assert config["system_database_url"] == database_url
+
+    durable = DBOSAgent(Agent(TestModel(), name=agent_name))
+    launch_with(config)
+    durable.run_sync("hi")
+
+    client = DBOSClient(system_database_url=database_url)
+    try:
+        assert [w.name for w in client.list_workflows()] == [f"{agent_name}.run_sync"]
+    finally:
+        client.destroy()
+    assert not (tmp_path / "app.sqlite").exists()
+
+
+def test_explicit_url_beats_environment_variable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DBOS_SYSTEM_DATABASE_URL", f"sqlite:///{tmp_path / 'from_env.sqlite'}")
+    url = f"sqlite:///{tmp_path / 'given.sqlite'}"
+    assert dbos_config("app", database_url=url)["system_database_url"] == url
+    assert not (tmp_path / "from_env.sqlite").exists()
+
+
+def test_executor_id_and_application_version_reach_dbos(
+    agent_name: str, database_url: str, launch_with: Launch
+) -> None:
+    """executor_id and application_version are passed to DBOS, which stamps them on every run."""
+    config = dbos_config(
+        "app",
+        database_url=database_url,
+        executor_id="worker-7",
+        application_version="v42",
+        notification_listener_polling_interval_sec=0.05,
+    )
+    assert (config["executor_id"], config["application_version"]) == ("worker-7", "v42")
+    assert config["notification_listener_polling_interval_sec"] == 0.05  # other keys pass through
+
+    durable = DBOSAgent(Agent(TestModel(), name=agent_name))
+    launch_with(config)
+    durable.run_sync("hi")
+    (status,) = DBOS.list_workflows()
+    assert (status.executor_id, status.app_version) == ("worker-7", "v42")
+
+
+def test_identity_keys_are_left_to_dbos_when_not_given(tmp_path: Path) -> None:
+    config = dbos_config("app", database_url=f"sqlite:///{tmp_path / 'app.sqlite'}")
+    assert "executor_id" not in config
+    assert "application_version" not in config
+
+
+def test_check_false_skips_the_reachability_check() -> None:
+    """`check=False` builds the config without connecting (for a database that comes up later)."""
+    url = "postgresql://postgres@127.0.0.1:1/app"
+    assert dbos_config("app", database_url=url, check=False)["system_database_url"] == url
+
+
+@pytest.mark.parametrize(
+    ("url", "redacted"),
+    [
+        ("postgresql://alice:s3cret@db.example.com:5432/app", "postgresql://alice:***@db.example.com:5432/app"),
+        ("postgresql+psycopg://alice:p%40ss:word@10.0.0.1/app?sslmode=require", None),
+        ("postgresql://alice@db.example.com/app", "postgresql://alice@db.example.com/app"),
+        ("postgresql://db.example.com/app", "postgresql://db.example.com/app"),
+        ("sqlite:///tmp/app.sqlite", "sqlite:///tmp/app.sqlite"),
+    ],
+)
+def test_redact_url_hides_passwords(url: str, redacted: str | None) -> None:
+    """A URL printed in an error or log never shows its password; the rest stays readable."""
+    shown = redact_url(url)
+    if redacted is not None:
+        assert shown == redacted
+    assert "s3cret" not in shown
+    assert "p%40ss" not in shown
+    assert "word" not in shown
+    assert "alice" in shown or "alice" not in url
