@@ -7,20 +7,31 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from dbos import DBOS, StepOptions
-from pydantic_ai.exceptions import ApprovalRequired, CallDeferred, ModelRetry, SkipModelRequest, ToolRetryError
+from pydantic_ai.exceptions import (
+    ApprovalRequired,
+    CallDeferred,
+    ModelRetry,
+    SkipModelRequest,
+    ToolFailed,
+    ToolFailedError,
+    ToolRetryError,
+)
 
 from .config import StepConfig
 from .exceptions import StepFailedError
 
 T = TypeVar("T")
 
-# Exceptions that steer the agent (ask the model to retry, defer a call for approval) rather than
-# report a failure: a step that raises one must not be retried by DBOS, only recorded and re-raised.
+# Exceptions that steer the agent (ask the model to retry, report a failed tool call to the model,
+# defer a call for approval) rather than report a failure: a step that raises one must not be retried
+# by DBOS, only recorded and re-raised.
 CONTROL_FLOW_EXCEPTIONS: tuple[type[BaseException], ...] = (
     ModelRetry,
+    ToolFailed,
     ApprovalRequired,
     CallDeferred,
     ToolRetryError,
+    ToolFailedError,
     SkipModelRequest,
 )
 

@@ -1,0 +1,1 @@
+"""Small MCP servers started by the tests, over stdio or streamable HTTP."""
