@@ -11,6 +11,7 @@ Without a launched DBOS, the agent is the wrapped agent, unchanged.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import AsyncIterable, AsyncIterator, Collection, Iterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from contextvars import ContextVar
@@ -21,7 +22,6 @@ from pydantic_ai import _utils
 from pydantic_ai.agent import AbstractAgent, EventStreamHandler, WrapperAgent
 from pydantic_ai.capabilities import AbstractCapability
 from pydantic_ai.exceptions import UserError
-from pydantic_ai.mcp import MCPToolset
 from pydantic_ai.messages import AgentStreamEvent, PartDeltaEvent, PartEndEvent, PartStartEvent
 from pydantic_ai.models import Model
 from pydantic_ai.output import OutputDataT
@@ -32,7 +32,6 @@ from pydantic_ai.toolsets import AbstractToolset, FunctionToolset
 from ._serialization import ensure_serializable
 from ._steps import in_workflow
 from .config import StepConfig, validate_step_config
-from .mcp import DBOSMCPToolset, mcp_toolset_id
 from .model import DBOSModel
 from .tools import DBOSFunctionToolset, ToolCallOrder, durable_tool_names
 
@@ -50,6 +49,15 @@ _registered_names: set[str] = set()
 _live_event_stream_handler: ContextVar[EventStreamHandler[Any] | None] = ContextVar(
     "dbos_pydantic_ai_event_stream_handler", default=None
 )
+
+
+def _mcp_toolset_class() -> type[AbstractToolset[Any]] | None:
+    """pydantic-ai's `MCPToolset`, if anything imported it (MCP is an optional extra that costs ~1 s to import).
+
+    An MCP toolset can only exist once its module is imported, so a missing module means there is none.
+    """
+    module = sys.modules.get("pydantic_ai.mcp")
+    return getattr(module, "MCPToolset", None)
 
 
 def dbos_launched() -> bool:
@@ -105,7 +113,10 @@ class _DurableRun(AbstractCapability[Any]):
 
     def _wrap_toolset(self, toolset: AbstractToolset[Any]) -> AbstractToolset[Any]:
         agent = self._agent
-        if isinstance(toolset, MCPToolset):
+        mcp_toolset = _mcp_toolset_class()
+        if mcp_toolset is not None and isinstance(toolset, mcp_toolset):
+            from .mcp import DBOSMCPToolset
+
             return DBOSMCPToolset(toolset, step_name_prefix=agent.name, step_config=agent._mcp_step_config)
         if isinstance(toolset, FunctionToolset):
             return DBOSFunctionToolset(
@@ -237,10 +248,15 @@ class DBOSAgent(WrapperAgent[AgentDepsT, OutputDataT]):
 
     @staticmethod
     def _check_mcp_toolsets(toolsets: Sequence[AbstractToolset[Any]]) -> None:
+        mcp_toolset = _mcp_toolset_class()
+        if mcp_toolset is None:
+            return
+        from .mcp import mcp_toolset_id
+
         seen: set[str] = set()
 
         def check(toolset: AbstractToolset[Any]) -> None:
-            if isinstance(toolset, MCPToolset):
+            if isinstance(toolset, mcp_toolset):
                 toolset_id = mcp_toolset_id(toolset)
                 if toolset_id in seen:
                     raise UserError(

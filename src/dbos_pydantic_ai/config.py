@@ -17,7 +17,7 @@ from dbos import DBOSConfig
 
 from .exceptions import DatabaseUnreachableError, UserError
 
-__all__ = ["StepConfig", "dbos_config", "check_database_url", "enable_sqlite_wal", "redact_url"]
+__all__ = ["StepConfig", "check_database_url", "dbos_config", "enable_sqlite_wal", "redact_url"]
 
 
 class StepConfig(TypedDict, total=False):
