@@ -10,10 +10,11 @@ Replay order. DBOS numbers a workflow's steps in the order they start, and a rep
 same step at the same number. The model may ask for several tool calls at once, and pydantic-ai runs
 them as concurrent tasks started in the order of the model's response. So:
 
-- a durable tool takes its step number with `DBOS.reserve_step()` as the first thing its task does,
-  before any await: the numbers follow the response order, and the steps still run in parallel;
 - DBOS-decorated tools take their numbers inside DBOS, possibly on a worker thread and possibly
   several each, so they take turns in response order through a FIFO lock, one at a time;
+- a durable tool queues on the same lock only to take its step number with `DBOS.reserve_step()`,
+  then releases it: the numbers follow the response order (after any DBOS tool called before it),
+  and consecutive durable tools still run in parallel (the lock is free, so nothing waits);
 - plain tools create no steps and run fully in parallel.
 """
 
@@ -96,7 +97,10 @@ class DBOSFunctionToolset(WrapperToolset[Any]):
         if not in_workflow() or not (original_name in self.durable or original_name in self._dbos_tools):
             return await self.wrapped.call_tool(name, tool_args, ctx, tool)
         if original_name in self.durable:
-            reservation = DBOS.reserve_step()  # before any await: numbers follow the task start order
+            # FIFO behind earlier DBOS tools, which take their numbers later (maybe on a thread); when the lock
+            # is free this does not suspend, so the number follows the task start order.
+            async with self.order.dbos_tool_turns:
+                reservation = DBOS.reserve_step()
             options = step_options(f"{self.step_name_prefix}__tool.{original_name}", self.step_config)
             return await reservation.run_async(options, checkpointable(self.wrapped.call_tool), name, tool_args, ctx, tool)
         async with self.order.dbos_tool_turns:
