@@ -6,7 +6,7 @@ import pickle
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from dbos import DBOS, StepOptions
+from dbos import DBOS, StepOptions, StepReservation
 from pydantic_ai.exceptions import (
     ApprovalRequired,
     CallDeferred,
@@ -81,3 +81,10 @@ def checkpointable(func: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable
 async def run_step(options: StepOptions, func: Callable[..., Awaitable[T]], *args: Any) -> T:
     """Run `await func(*args)` as a DBOS step; its result, or the exception it raised, is checkpointed."""
     return await DBOS.run_step_async(options, checkpointable(func), *args)
+
+
+async def run_reserved_step(
+    reservation: StepReservation, options: StepOptions, func: Callable[..., Awaitable[T]], *args: Any
+) -> T:
+    """Like `run_step`, at a step number reserved earlier with `DBOS.reserve_step()`."""
+    return await reservation.run_async(options, checkpointable(func), *args)

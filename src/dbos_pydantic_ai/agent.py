@@ -117,7 +117,9 @@ class _DurableRun(AbstractCapability[Any]):
         if mcp_toolset is not None and isinstance(toolset, mcp_toolset):
             from .mcp import DBOSMCPToolset
 
-            return DBOSMCPToolset(toolset, step_name_prefix=agent.name, step_config=agent._mcp_step_config)
+            return DBOSMCPToolset(
+                toolset, step_name_prefix=agent.name, step_config=agent._mcp_step_config, order=self._tool_order
+            )
         if isinstance(toolset, FunctionToolset):
             return DBOSFunctionToolset(
                 toolset,

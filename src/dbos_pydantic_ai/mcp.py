@@ -19,8 +19,9 @@ from pydantic_ai.tools import RunContext, ToolDefinition
 from pydantic_ai.toolsets import AbstractToolset, WrapperToolset
 from pydantic_ai.toolsets.abstract import ToolsetTool
 
-from ._steps import in_workflow, run_step, step_options
+from ._steps import in_workflow, run_reserved_step, run_step, step_options
 from .config import StepConfig
+from .tools import ToolCallOrder
 
 __all__ = ["DBOSMCPToolset", "mcp_toolset_id"]
 
@@ -43,6 +44,8 @@ class DBOSMCPToolset(WrapperToolset[Any]):
 
     step_name_prefix: str
     step_config: StepConfig = field(default_factory=StepConfig)
+    order: ToolCallOrder | None = None
+    """The run's tool-call order: parallel MCP calls take their step numbers in the model's order."""
     _entered: bool = field(default=False, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -94,7 +97,12 @@ class DBOSMCPToolset(WrapperToolset[Any]):
         if not in_workflow():
             await self._connect()
             return await self.wrapped.call_tool(name, tool_args, ctx, tool)
-        return await run_step(self._call_tool_options, self._call_tool, name, tool_args, ctx, tool)
+        if self.order is None:
+            return await run_step(self._call_tool_options, self._call_tool, name, tool_args, ctx, tool)
+        reservation = await self.order.reserve_step()
+        return await run_reserved_step(
+            reservation, self._call_tool_options, self._call_tool, name, tool_args, ctx, tool
+        )
 
     async def _call_tool(
         self, name: str, tool_args: dict[str, Any], ctx: RunContext[Any], tool: ToolsetTool[Any]

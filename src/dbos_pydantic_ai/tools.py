@@ -12,30 +12,31 @@ them as concurrent tasks started in the order of the model's response. So:
 
 - DBOS-decorated tools take their numbers inside DBOS, possibly on a worker thread and possibly
   several each, so they take turns in response order through a FIFO lock, one at a time;
-- a durable tool queues on the same lock only to take its step number with `DBOS.reserve_step()`,
-  then releases it: the numbers follow the response order (after any DBOS tool called before it),
-  and consecutive durable tools still run in parallel (the lock is free, so nothing waits);
+- a durable tool, and an MCP tool call, queue on the same lock only to take their step number with
+  `DBOS.reserve_step()`, then release it: the numbers follow the response order (after any DBOS tool
+  called before them), and consecutive durable or MCP calls still run in parallel;
 - plain tools create no steps and run fully in parallel.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Collection
+from collections.abc import AsyncIterator, Collection
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from dbos import DBOS
+from dbos import DBOS, StepReservation
 from pydantic_ai.exceptions import UserError
 from pydantic_ai.tools import RunContext
 from pydantic_ai.toolsets import AbstractToolset, FunctionToolset, WrapperToolset
 from pydantic_ai.toolsets.abstract import ToolsetTool
 from pydantic_ai.toolsets.function import FunctionToolsetTool
 
-from ._steps import checkpointable, in_workflow, step_options
+from ._steps import in_workflow, run_reserved_step, step_options
 from .config import StepConfig
 
-__all__ = ["DBOSFunctionToolset", "is_dbos_function", "durable_tool_names"]
+__all__ = ["DBOSFunctionToolset", "durable_tool_names", "is_dbos_function"]
 
 
 def is_dbos_function(func: Any) -> bool:
@@ -43,7 +44,9 @@ def is_dbos_function(func: Any) -> bool:
     return hasattr(func, "dbos_function_name")
 
 
-def durable_tool_names(toolsets: Collection[AbstractToolset[Any]], durable_tools: bool | Collection[str]) -> frozenset[str]:
+def durable_tool_names(
+    toolsets: Collection[AbstractToolset[Any]], durable_tools: bool | Collection[str]
+) -> frozenset[str]:
     """The plain function tools to run as durable steps; an unknown name is a clear error."""
     if durable_tools is False:
         return frozenset()
@@ -72,7 +75,21 @@ class ToolCallOrder:
     """Per-run state that keeps tool calls' DBOS step numbers in the model's order (see module docstring)."""
 
     def __init__(self) -> None:
-        self.dbos_tool_turns = asyncio.Lock()  # FIFO: waiters are woken in the order they queued
+        self._turns = asyncio.Lock()  # FIFO: waiters are woken in the order they queued
+
+    async def reserve_step(self) -> StepReservation:
+        """The next step number, taken behind earlier DBOS tools (which take theirs later, maybe on a thread).
+
+        When no DBOS tool holds the turn this does not suspend, so the number follows the task start order.
+        """
+        async with self._turns:
+            return DBOS.reserve_step()
+
+    @asynccontextmanager
+    async def exclusive_turn(self) -> AsyncIterator[None]:
+        """Hold the turn for a whole DBOS-decorated tool call, whose step numbers DBOS takes as it goes."""
+        async with self._turns:
+            yield
 
 
 @dataclass
@@ -86,24 +103,25 @@ class DBOSFunctionToolset(WrapperToolset[Any]):
 
     def __post_init__(self) -> None:
         assert isinstance(self.wrapped, FunctionToolset)
-        self._dbos_tools = frozenset(
-            name for name, tool in self.wrapped.tools.items() if is_dbos_function(tool.function)
-        )
+        tools = self.wrapped.tools
+        self._dbos_tools = frozenset(name for name, tool in tools.items() if is_dbos_function(tool.function))
+        self._durable_options = {
+            name: step_options(f"{self.step_name_prefix}__tool.{name}", self.step_config)
+            for name in self.durable
+            if name in tools
+        }
 
     async def call_tool(
         self, name: str, tool_args: dict[str, Any], ctx: RunContext[Any], tool: ToolsetTool[Any]
     ) -> Any:
         original_name = tool.original_name if isinstance(tool, FunctionToolsetTool) else name
-        if not in_workflow() or not (original_name in self.durable or original_name in self._dbos_tools):
+        if not in_workflow() or not (original_name in self._durable_options or original_name in self._dbos_tools):
             return await self.wrapped.call_tool(name, tool_args, ctx, tool)
-        if original_name in self.durable:
-            # FIFO behind earlier DBOS tools, which take their numbers later (maybe on a thread); when the lock
-            # is free this does not suspend, so the number follows the task start order.
-            async with self.order.dbos_tool_turns:
-                reservation = DBOS.reserve_step()
-            options = step_options(f"{self.step_name_prefix}__tool.{original_name}", self.step_config)
-            return await reservation.run_async(options, checkpointable(self.wrapped.call_tool), name, tool_args, ctx, tool)
-        async with self.order.dbos_tool_turns:
+        options = self._durable_options.get(original_name)
+        if options is not None:
+            reservation = await self.order.reserve_step()
+            return await run_reserved_step(reservation, options, self.wrapped.call_tool, name, tool_args, ctx, tool)
+        async with self.order.exclusive_turn():
             return await self.wrapped.call_tool(name, tool_args, ctx, tool)
 
     def visit_and_replace(self, visitor: Any) -> AbstractToolset[Any]:
