@@ -428,3 +428,53 @@ def test_mcp_toolsets_with_the_same_id_are_refused(agent_name: str, tmp_path: Pa
     toolsets = [server.toolset(id="same"), server.toolset(id="same")]
     with pytest.raises(UserError, match="Two MCP toolsets share the id 'same'"):
         DBOSAgent(Agent(weather_model([]), toolsets=toolsets), name=agent_name)
+
+
+# --- Parallel calls keep the model's order ----------------------------------------------------------
+
+
+@DBOS.step(name="test_mcp.slow_sync_step")
+def slow_sync_step(city: str) -> str:
+    """A sync step tool: DBOS numbers it on a worker thread, later than an async MCP call would start."""
+    time.sleep(0.2)
+    return f"stepped {city}"
+
+
+def step_then_mcp_model() -> FunctionModel:
+    """One response asking for a sync step tool and then an MCP tool, in parallel; then an answer."""
+
+    def respond(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+        if len(messages) == 1:
+            return ModelResponse(
+                parts=[
+                    ToolCallPart("slow_sync_step", {"city": "Oslo"}, tool_call_id="first"),
+                    ToolCallPart("get_weather", {"city": "Lima"}, tool_call_id="second"),
+                ]
+            )
+        return ModelResponse(parts=[TextPart(" | ".join(_result_text(p) for p in _tool_results(messages)))])
+
+    return FunctionModel(respond)
+
+
+async def test_parallel_mcp_call_is_numbered_after_an_earlier_sync_step_tool(
+    mcp_server: CountingServer, agent_name: str, launch_dbos: Callable[[], None]
+) -> None:
+    """An MCP call listed after a sync `@DBOS.step` tool takes the step number after it, every time.
+
+    Without ordering, the MCP step would start (and be numbered) while the step tool's thread is still
+    starting, and a replay that resolved that race the other way would fail.
+    """
+    agent = Agent(
+        step_then_mcp_model(), name=agent_name, tools=[slow_sync_step], toolsets=[mcp_server.toolset(id=TOOLSET_ID)]
+    )
+    durable = DBOSAgent(agent)
+    launch_dbos()
+    for attempt in range(2):
+        with SetWorkflowID(f"ordered-{attempt}"):
+            result = await durable.run("go")
+        assert result.output == "stepped Oslo | sunny in Lima, 21 degrees"
+        names = [n for n in _step_names(await DBOS.list_workflow_steps_async(f"ordered-{attempt}"))]
+        tool_steps = [
+            n for n in names if n in ("test_mcp.slow_sync_step", f"{agent_name}__mcp_server__counting.call_tool")
+        ]
+        assert tool_steps == ["test_mcp.slow_sync_step", f"{agent_name}__mcp_server__counting.call_tool"]
