@@ -15,10 +15,11 @@ import sys
 from collections.abc import AsyncIterable, AsyncIterator, Collection, Iterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from dbos import DBOS
-from pydantic_ai import _utils
+from pydantic_ai import CancellationToken, _utils
 from pydantic_ai.agent import AbstractAgent, EventStreamHandler, WrapperAgent
 from pydantic_ai.capabilities import AbstractCapability
 from pydantic_ai.exceptions import UserError
@@ -44,11 +45,20 @@ it emits events in completion order, which a replay would not reproduce."""
 # Agent names registered in this process: each names workflows and steps, so it must be unique.
 _registered_names: set[str] = set()
 
-# Run arguments that live only in this process (a callback, a token): they are not workflow inputs,
-# so a run recovered in another process goes on without them.
-_live_event_stream_handler: ContextVar[EventStreamHandler[Any] | None] = ContextVar(
-    "dbos_pydantic_ai_event_stream_handler", default=None
-)
+
+@dataclass(frozen=True)
+class _LiveRunArgs:
+    """Run arguments that live only in this process (a callback, a cancellation token).
+
+    They are not workflow inputs: a run recovered by another process goes on without them.
+    """
+
+    event_stream_handler: EventStreamHandler[Any] | None = None
+    cancellation_token: CancellationToken | None = None
+
+
+_NO_LIVE_RUN_ARGS = _LiveRunArgs()
+_live_run_args: ContextVar[_LiveRunArgs] = ContextVar("dbos_pydantic_ai_live_run_args", default=_NO_LIVE_RUN_ARGS)
 
 
 def _mcp_toolset_class() -> type[AbstractToolset[Any]] | None:
@@ -78,9 +88,15 @@ class _DurableRun(AbstractCapability[Any]):
     id so a recovered run keeps the same id (and `new_messages()` keeps working).
     """
 
-    def __init__(self, agent: DBOSAgent[Any, Any], event_stream_handler: EventStreamHandler[Any] | None) -> None:
+    def __init__(
+        self,
+        agent: DBOSAgent[Any, Any],
+        event_stream_handler: EventStreamHandler[Any] | None,
+        *,
+        run_id: str | None,
+    ) -> None:
         self._agent = agent
-        self._run_id = DBOS.workflow_id
+        self._run_id = run_id
         self._event_stream_handler = event_stream_handler
         self._models: dict[int, DBOSModel] = {}
         self._tool_order = ToolCallOrder()
@@ -93,7 +109,7 @@ class _DurableRun(AbstractCapability[Any]):
         return self._run_id
 
     def get_default_conversation_id(self, run_id: str) -> str | None:
-        return run_id
+        return run_id if self._run_id is not None else None
 
     def get_wrapper_model(self, model: Model) -> Model | None:
         if isinstance(model, DBOSModel):
@@ -299,28 +315,44 @@ class DBOSAgent(WrapperAgent[AgentDepsT, OutputDataT]):
 
     # --- The workflows -----------------------------------------------------------------------
 
-    def _workflow_inputs(self, run_args: dict[str, Any]) -> dict[str, Any]:
+    def _workflow_inputs(self, user_prompt: Any, run_args: dict[str, Any]) -> dict[str, Any]:
         """The run arguments a workflow stores: set ones only, the model by key, each checked to be storable."""
         inputs = {key: value for key, value in run_args.items() if value is not None}
         model = self._model_input(run_args.get("model"))
         inputs.pop("model", None)
         if model is not None:
             inputs["model"] = model
-        ensure_serializable(inputs)
+        ensure_serializable({"user_prompt": user_prompt, **inputs})
         return inputs
 
     @contextmanager
     def _durable_run(self, inputs: dict[str, Any]) -> Iterator[dict[str, Any]]:
         """Inside the workflow: the wrapped agent's run arguments, with the durable capability added."""
-        handler = _live_event_stream_handler.get() or self.event_stream_handler
+        live = _live_run_args.get()
+        handler = live.event_stream_handler or self.event_stream_handler
         run_args = dict(inputs)
         run_args["model"] = self._resolve_model(inputs.get("model"))
-        run_args["capabilities"] = [*inputs.get("capabilities", ()), _DurableRun(self, handler)]
+        run_args["capabilities"] = [
+            *inputs.get("capabilities", ()),
+            _DurableRun(self, handler, run_id=DBOS.workflow_id),
+        ]
         run_args["infer_name"] = False
         if handler is not None:
             run_args["event_stream_handler"] = _tool_events_only(handler)
+        if live.cancellation_token is not None:
+            run_args["cancellation_token"] = live.cancellation_token
         with self.wrapped.parallel_tool_call_execution_mode(self._parallel_execution_mode):
             yield run_args
+
+    @contextmanager
+    def _live(
+        self, event_stream_handler: EventStreamHandler[Any] | None, cancellation_token: CancellationToken | None
+    ) -> Iterator[None]:
+        token = _live_run_args.set(_LiveRunArgs(event_stream_handler, cancellation_token))
+        try:
+            yield
+        finally:
+            _live_run_args.reset(token)
 
     # --- Public API: durable runs ------------------------------------------------------------
 
@@ -329,46 +361,47 @@ class DBOSAgent(WrapperAgent[AgentDepsT, OutputDataT]):
         user_prompt: Any = None,
         *,
         event_stream_handler: EventStreamHandler[AgentDepsT] | None = None,
+        cancellation_token: CancellationToken | None = None,
         infer_name: bool = True,
         **run_args: Any,
     ) -> AgentRunResult[Any]:
         """Run the agent as the durable workflow `{name}.run` (a plain run when DBOS is not launched).
 
-        Takes the same arguments as `Agent.run`. Those the workflow stores (prompt, deps, message
-        history, ...) must be serializable; `event_stream_handler` stays in this process.
+        Takes the same arguments as `Agent.run`. The workflow stores the prompt and the other
+        arguments (deps, message history, ...), so they must be serializable; `event_stream_handler`
+        and `cancellation_token` stay in this process.
         """
         if not dbos_launched():
             return await self.wrapped.run(
-                user_prompt, event_stream_handler=event_stream_handler or self._event_stream_handler, **run_args
+                user_prompt,
+                event_stream_handler=event_stream_handler or self._event_stream_handler,
+                cancellation_token=cancellation_token,
+                **run_args,
             )
-        inputs = self._workflow_inputs(run_args)
-        ensure_serializable({"user_prompt": user_prompt})
-        token = _live_event_stream_handler.set(event_stream_handler)
-        try:
+        inputs = self._workflow_inputs(user_prompt, run_args)
+        with self._live(event_stream_handler, cancellation_token):
             return await self._run_workflow(user_prompt, **inputs)
-        finally:
-            _live_event_stream_handler.reset(token)
 
     def run_sync(
         self,
         user_prompt: Any = None,
         *,
         event_stream_handler: EventStreamHandler[AgentDepsT] | None = None,
+        cancellation_token: CancellationToken | None = None,
         infer_name: bool = True,
         **run_args: Any,
     ) -> AgentRunResult[Any]:
         """Run the agent as the durable workflow `{name}.run_sync`: one workflow, no async wrapper around it."""
         if not dbos_launched():
             return self.wrapped.run_sync(
-                user_prompt, event_stream_handler=event_stream_handler or self._event_stream_handler, **run_args
+                user_prompt,
+                event_stream_handler=event_stream_handler or self._event_stream_handler,
+                cancellation_token=cancellation_token,
+                **run_args,
             )
-        inputs = self._workflow_inputs(run_args)
-        ensure_serializable({"user_prompt": user_prompt})
-        token = _live_event_stream_handler.set(event_stream_handler)
-        try:
+        inputs = self._workflow_inputs(user_prompt, run_args)
+        with self._live(event_stream_handler, cancellation_token):
             return self._run_sync_workflow(user_prompt, **inputs)
-        finally:
-            _live_event_stream_handler.reset(token)
 
     # --- Public API: the rest of the agent ---------------------------------------------------
 
@@ -381,7 +414,7 @@ class DBOSAgent(WrapperAgent[AgentDepsT, OutputDataT]):
                 yield agent_run
             return
         run_args["model"] = self._resolve_model(self._model_input(run_args.get("model")))
-        run_args["capabilities"] = [*(run_args.get("capabilities") or ()), _DurableRun(self, None)]
+        run_args["capabilities"] = [*(run_args.get("capabilities") or ()), _DurableRun(self, None, run_id=None)]
         with self.wrapped.parallel_tool_call_execution_mode(self._parallel_execution_mode):
             async with self.wrapped.iter(user_prompt, **run_args) as agent_run:
                 yield agent_run
