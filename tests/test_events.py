@@ -188,7 +188,8 @@ async def test_dbos_step_handler_is_recorded_as_a_step_per_call(
     agent_name: str, launch_dbos: Callable[[], None], run_mode: RunMode
 ) -> None:
     """The library does not wrap the handler: a `@DBOS.step` handler called from workflow code is one step of the
-    run per call; called from inside a model step it is a plain call (a step within a step)."""
+    run per call, and it is called once per tool event (iterating a tool node's events drives its tools, which
+    must not run inside the handler's step); called from inside a model step it is a plain call."""
     calls: list[tuple[int | None, list[str]]] = []  # (DBOS step id during the call, kinds of events consumed)
 
     @DBOS.step(name=f"{agent_name}.on_events")
@@ -213,7 +214,8 @@ async def test_dbos_step_handler_is_recorded_as_a_step_per_call(
     assert len(calls) == len(calls_as_own_step) + len(calls_in_model_step)  # no call outside any step
     assert len(handler_steps) == len(calls_as_own_step) >= 1
     assert sorted(step_id for step_id, _ in calls if step_id in handler_steps) == handler_steps  # one step per call
-    assert ["FunctionToolCallEvent", "FunctionToolResultEvent"] in calls_as_own_step
+    assert ["FunctionToolCallEvent"] in calls_as_own_step and ["FunctionToolResultEvent"] in calls_as_own_step
+    assert all(len(kinds) == 1 for kinds in calls_as_own_step)
     assert len(calls_in_model_step) == 2 and all(
         kinds and kinds[0] == "PartStartEvent" for kinds in calls_in_model_step
     )
@@ -226,6 +228,69 @@ async def test_dbos_step_handler_is_recorded_as_a_step_per_call(
     handle = await DBOS.fork_workflow_async("wf-step-handler", len(steps) + 1)
     assert (await handle.get_result()).output == result.output
     assert calls == [] and model.requests == requests_before
+
+
+async def test_dbos_step_handler_leaves_durable_and_step_tools_outside_its_steps(
+    agent_name: str, launch_dbos: Callable[[], None], run_mode: RunMode
+) -> None:
+    """With a `@DBOS.step` handler, durable tools and `@DBOS.step` tools are still steps of the run, not calls
+    nested inside a handler step; the run replays completely."""
+    handled: list[str] = []
+
+    @DBOS.step(name=f"{agent_name}.on_events")
+    async def on_events(ctx: RunContext[None], events: AsyncIterable[AgentStreamEvent]) -> None:
+        handled.extend([type(event).__name__ async for event in events])
+
+    @DBOS.step(name=f"{agent_name}.forecast")
+    def forecast(city: str) -> str:
+        """A DBOS step tool."""
+        return f"dry in {city}"
+
+    class TwoToolsModel(WeatherModel):
+        async def __call__(self, messages: list[ModelMessage], info: AgentInfo) -> AsyncIterator[str | DeltaToolCalls]:
+            self.requests += 1
+            if self.requests == 1:
+                yield {
+                    0: DeltaToolCall(name="weather", json_args='{"city": "Paris"}', tool_call_id="call-w"),
+                    1: DeltaToolCall(name="forecast", json_args='{"city": "Paris"}', tool_call_id="call-f"),
+                }
+                return
+            yield "done"
+
+    model = TwoToolsModel()
+    agent = Agent(FunctionModel(stream_function=model), name=agent_name, tools=[weather, forecast])
+    durable = DBOSAgent(agent, event_stream_handler=on_events, durable_tools=["weather"])
+    launch_dbos()
+
+    result = await run_agent(durable, run_mode, "wf-step-handler-tools")
+
+    assert result.output == "done"
+    names = list((await step_names_by_id("wf-step-handler-tools")).values())
+    assert f"{agent_name}__tool.weather" in names and f"{agent_name}.forecast" in names
+    assert names.count(f"{agent_name}.on_events") == handled.count("FunctionToolCallEvent") * 2
+    handle = await DBOS.fork_workflow_async("wf-step-handler-tools", len(names) + 1)
+    assert (await handle.get_result()).output == "done" and model.requests == 2
+
+
+async def test_run_with_only_a_per_run_handler_replays_without_it(
+    agent_name: str, launch_dbos: Callable[[], None], run_mode: RunMode
+) -> None:
+    """A run streamed because of a per-run handler records `request_stream` steps; re-executed without the
+    caller (as after a crash), it must stream again to replay them, and does."""
+    model = WeatherModel()
+    received: list[Received] = []
+    agent = Agent(FunctionModel(stream_function=model), name=agent_name, tools=[weather])
+    durable = DBOSAgent(agent)  # no handler of its own
+    launch_dbos()
+
+    result = await run_agent(durable, run_mode, "wf-per-run-only", event_stream_handler=recorder(received))
+    names = await step_names_by_id("wf-per-run-only")
+    assert list(names.values()) == [f"{agent_name}__model.request_stream"] * 2
+
+    received.clear()
+    handle = await DBOS.fork_workflow_async("wf-per-run-only", max(names))  # runs without the caller's handler
+    assert (await handle.get_result()).output == result.output
+    assert model.requests == 3 and received == []
 
 
 # --- Replays --------------------------------------------------------------------------------------

@@ -34,7 +34,7 @@ from ._serialization import ensure_serializable
 from ._steps import in_workflow
 from .config import StepConfig, validate_step_config
 from .model import DBOSModel
-from .tools import DBOSFunctionToolset, ToolCallOrder, durable_tool_names
+from .tools import DBOSFunctionToolset, ToolCallOrder, durable_tool_names, is_dbos_function
 
 __all__ = ["DBOSAgent", "DBOSParallelExecutionMode"]
 
@@ -58,6 +58,17 @@ class _LiveRunArgs:
 
 
 _NO_LIVE_RUN_ARGS = _LiveRunArgs()
+
+# Workflow input that marks a run started with a per-run event stream handler (see `_workflow_inputs`).
+_STREAMED = "_dbos_pydantic_ai_streamed"
+
+
+async def _ignore_events(ctx: RunContext[Any], events: AsyncIterable[AgentStreamEvent]) -> None:
+    """Stands in for a per-run handler that a recovered run no longer has, so its requests still stream."""
+    async for _ in events:
+        pass
+
+
 _live_run_args: ContextVar[_LiveRunArgs] = ContextVar("dbos_pydantic_ai_live_run_args", default=_NO_LIVE_RUN_ARGS)
 
 
@@ -148,14 +159,24 @@ class _DurableRun(AbstractCapability[Any]):
 
 
 def _tool_events_only(handler: EventStreamHandler[Any]) -> EventStreamHandler[Any]:
-    """The run's event stream handler minus model-part events, which the model step already delivered live."""
+    """The run's event stream handler minus model-part events, which the model step already delivered live.
+
+    The events of a tool node are produced while its tools run: whoever iterates them drives the
+    tools. A handler that is itself a DBOS step must therefore not iterate them, or the tools would
+    run inside its step; it is called once per event instead (one step each), from workflow code.
+    """
+    per_event = is_dbos_function(handler)
 
     async def forward(ctx: RunContext[Any], events: AsyncIterable[AgentStreamEvent]) -> None:
         remaining = (e async for e in events if not isinstance(e, PartStartEvent | PartDeltaEvent | PartEndEvent))
+        if per_event:
+            async for event in remaining:
+                await handler(ctx, _one(event))
+            return
         try:
             first = await anext(remaining)
         except StopAsyncIteration:
-            return  # a node with nothing new for the handler: don't call it (it may be a step)
+            return  # a node with nothing new for the handler: don't call it
 
         async def chained() -> AsyncIterator[AgentStreamEvent]:
             yield first
@@ -165,6 +186,10 @@ def _tool_events_only(handler: EventStreamHandler[Any]) -> EventStreamHandler[An
         await handler(ctx, chained())
 
     return forward
+
+
+async def _one(event: AgentStreamEvent) -> AsyncIterator[AgentStreamEvent]:
+    yield event
 
 
 # --- DBOSAgent ----------------------------------------------------------------------------------
@@ -315,9 +340,15 @@ class DBOSAgent(WrapperAgent[AgentDepsT, OutputDataT]):
 
     # --- The workflows -----------------------------------------------------------------------
 
-    def _workflow_inputs(self, user_prompt: Any, run_args: dict[str, Any]) -> dict[str, Any]:
-        """The run arguments a workflow stores: set ones only, the model by key, each checked to be storable."""
+    def _workflow_inputs(self, user_prompt: Any, run_args: dict[str, Any], *, streamed: bool) -> dict[str, Any]:
+        """The run arguments a workflow stores: set ones only, the model by key, each checked to be storable.
+
+        `streamed` records that the run has a per-run event stream handler: its model requests are
+        streamed steps, and a recovery without the handler must stream them too to replay them.
+        """
         inputs = {key: value for key, value in run_args.items() if value is not None}
+        if streamed and self.event_stream_handler is None:
+            inputs[_STREAMED] = True
         model = self._model_input(run_args.get("model"))
         inputs.pop("model", None)
         if model is not None:
@@ -329,8 +360,9 @@ class DBOSAgent(WrapperAgent[AgentDepsT, OutputDataT]):
     def _durable_run(self, inputs: dict[str, Any]) -> Iterator[dict[str, Any]]:
         """Inside the workflow: the wrapped agent's run arguments, with the durable capability added."""
         live = _live_run_args.get()
-        handler = live.event_stream_handler or self.event_stream_handler
         run_args = dict(inputs)
+        streamed = run_args.pop(_STREAMED, False)
+        handler = live.event_stream_handler or self.event_stream_handler or (_ignore_events if streamed else None)
         run_args["model"] = self._resolve_model(inputs.get("model"))
         run_args["capabilities"] = [
             *inputs.get("capabilities", ()),
@@ -378,7 +410,7 @@ class DBOSAgent(WrapperAgent[AgentDepsT, OutputDataT]):
                 cancellation_token=cancellation_token,
                 **run_args,
             )
-        inputs = self._workflow_inputs(user_prompt, run_args)
+        inputs = self._workflow_inputs(user_prompt, run_args, streamed=event_stream_handler is not None)
         with self._live(event_stream_handler, cancellation_token):
             return await self._run_workflow(user_prompt, **inputs)
 
@@ -399,7 +431,7 @@ class DBOSAgent(WrapperAgent[AgentDepsT, OutputDataT]):
                 cancellation_token=cancellation_token,
                 **run_args,
             )
-        inputs = self._workflow_inputs(user_prompt, run_args)
+        inputs = self._workflow_inputs(user_prompt, run_args, streamed=event_stream_handler is not None)
         with self._live(event_stream_handler, cancellation_token):
             return self._run_sync_workflow(user_prompt, **inputs)
 

@@ -2,8 +2,8 @@
 
 Tools are not wrapped by default. A tool that is itself a `@DBOS.step` is recorded as that step and
 a `@DBOS.workflow` runs as a child workflow, because DBOS does that for any call made inside a
-workflow. A plain tool runs inline, and runs again if the run is recovered before the next
-checkpoint. With `DBOSAgent(..., durable_tools=True)` (or a collection of tool names) plain tools
+workflow. A plain tool runs inline and is not recorded: when a recovered run replays, every plain
+tool call it had made runs again. With `DBOSAgent(..., durable_tools=True)` (or a collection of tool names) plain tools
 become steps named `{agent}__tool.{tool_name}`, so a side effect that finished is not repeated.
 
 Replay order. DBOS numbers a workflow's steps in the order they start, and a replay must meet the
