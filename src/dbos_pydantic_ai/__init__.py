@@ -5,9 +5,31 @@ requests and MCP calls checkpointed steps, so a run survives a crash without red
 """
 
 from .agent import DBOSAgent, DBOSParallelExecutionMode
+from .approvals import (
+    ApprovalRejected,
+    PendingApproval,
+    approval_args_digest,
+    approve,
+    approve_async,
+    deliver_result,
+    deliver_result_async,
+    deny,
+    deny_async,
+    list_pending_approvals,
+    list_pending_approvals_async,
+)
 from .config import StepConfig, dbos_config
 from .exceptions import DatabaseUnreachableError, NotSerializableError, StepFailedError
 from .model import DBOSModel
+from .streams import (
+    DurableRunEvents,
+    DurableStreamedRun,
+    DurableStreamEvent,
+    EventLog,
+    ModelRequestStarted,
+    Superseded,
+    read_events,
+)
 
 
 def __getattr__(name: str) -> object:
@@ -20,13 +42,31 @@ def __getattr__(name: str) -> object:
 
 
 __all__ = [
+    "ApprovalRejected",
     "DBOSAgent",
     "DBOSMCPToolset",
     "DBOSModel",
     "DBOSParallelExecutionMode",
     "DatabaseUnreachableError",
+    "DurableRunEvents",
+    "DurableStreamEvent",
+    "DurableStreamedRun",
+    "EventLog",
+    "ModelRequestStarted",
     "NotSerializableError",
+    "PendingApproval",
     "StepConfig",
     "StepFailedError",
+    "Superseded",
+    "approval_args_digest",
+    "approve",
+    "approve_async",
     "dbos_config",
+    "deliver_result",
+    "deliver_result_async",
+    "deny",
+    "deny_async",
+    "list_pending_approvals",
+    "list_pending_approvals_async",
+    "read_events",
 ]

@@ -12,10 +12,20 @@ Without a launched DBOS, the agent is the wrapped agent, unchanged.
 from __future__ import annotations
 
 import sys
-from collections.abc import AsyncIterable, AsyncIterator, Collection, Iterator, Mapping, Sequence
+from collections.abc import (
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Collection,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, Literal
 
 from dbos import DBOS
@@ -27,13 +37,22 @@ from pydantic_ai.messages import AgentStreamEvent, PartDeltaEvent, PartEndEvent,
 from pydantic_ai.models import Model
 from pydantic_ai.output import OutputDataT
 from pydantic_ai.run import AgentRun, AgentRunResult
-from pydantic_ai.tools import AgentDepsT, RunContext
+from pydantic_ai.tools import AgentDepsT, DeferredToolRequests, DeferredToolResults, RunContext
 from pydantic_ai.toolsets import AbstractToolset, FunctionToolset
 
 from ._serialization import ensure_serializable
 from ._steps import in_workflow
+from .approvals import timeout_seconds, wait_for_decisions
 from .config import StepConfig, validate_step_config
 from .model import DBOSModel
+from .streams import (
+    durable_run_events,
+    durable_streamed_run,
+    record_model_events,
+    record_run_events,
+    recorded_run,
+    recorded_run_async,
+)
 from .tools import DBOSFunctionToolset, ToolCallOrder, durable_tool_names, is_dbos_function
 
 __all__ = ["DBOSAgent", "DBOSParallelExecutionMode"]
@@ -61,6 +80,8 @@ _NO_LIVE_RUN_ARGS = _LiveRunArgs()
 
 # Workflow input that marks a run started with a per-run event stream handler (see `_workflow_inputs`).
 _STREAMED = "_dbos_pydantic_ai_streamed"
+# Workflow input that marks a run recording its events in a DBOS stream (`stream_events=True`, see streams.py).
+_STREAM_EVENTS = "_dbos_pydantic_ai_stream_events"
 
 
 async def _ignore_events(ctx: RunContext[Any], events: AsyncIterable[AgentStreamEvent]) -> None:
@@ -134,6 +155,14 @@ class _DurableRun(AbstractCapability[Any]):
                 event_stream_handler=self._event_stream_handler,
             )
         return wrapper
+
+    async def handle_deferred_tool_calls(
+        self, ctx: RunContext[Any], *, requests: DeferredToolRequests
+    ) -> DeferredToolResults | None:
+        # With `approvals='wait'` the run waits durably for decisions (see approvals.py) instead of ending.
+        if self._agent._approvals != "wait" or not in_workflow():
+            return None
+        return await wait_for_decisions(self._agent.name, requests, timeout=self._agent._approval_timeout)
 
     def get_wrapper_toolset(self, toolset: AbstractToolset[Any]) -> AbstractToolset[Any] | None:
         return toolset.visit_and_replace(self._wrap_toolset)
@@ -214,6 +243,14 @@ class DBOSAgent(WrapperAgent[AgentDepsT, OutputDataT]):
         durable_tools: `True`, or the names of plain function tools, to run as steps named
             `{name}__tool.{tool_name}`: a tool that finished is not run again after a crash.
         tool_step_config: Retry policy of durable tool steps.
+        stream_events: Record each run's events in a DBOS stream of its workflow, readable live from any
+            process with `read_events()`; `run_stream()` and `run_stream_events()` become durable runs
+            that read it (see docs/streams.md).
+        approvals: `'end'` (default): a tool call that needs approval or an external result ends the
+            run with `DeferredToolRequests`. `'wait'`: the run publishes the pending calls and waits
+            durably for decisions made with `approve`, `deny` or `deliver_result` (see docs/approvals.md).
+        approval_timeout: With `approvals='wait'`, seconds (or a timedelta) after which the calls
+            still pending are denied with a message the model sees. None waits indefinitely.
     """
 
     def __init__(
@@ -228,6 +265,9 @@ class DBOSAgent(WrapperAgent[AgentDepsT, OutputDataT]):
         models: Mapping[str, Model] | None = None,
         durable_tools: bool | Collection[str] = False,
         tool_step_config: StepConfig | None = None,
+        stream_events: bool = False,
+        approvals: Literal["end", "wait"] = "end",
+        approval_timeout: float | timedelta | None = None,
     ) -> None:
         super().__init__(wrapped)
         agent_name = name or wrapped.name
@@ -252,11 +292,18 @@ class DBOSAgent(WrapperAgent[AgentDepsT, OutputDataT]):
                 f"parallel_execution_mode={parallel_execution_mode!r} cannot replay deterministically; "
                 "use 'parallel_ordered_events' (the default) or 'sequential'."
             )
+        if approvals not in ("end", "wait"):
+            raise UserError(f"approvals={approvals!r} is not supported; use 'end' (the default) or 'wait'.")
+        if approval_timeout is not None and approvals != "wait":
+            raise UserError("`approval_timeout` applies only to runs that wait for approvals: pass approvals='wait'.")
+        self._approvals = approvals
+        self._approval_timeout = timeout_seconds(approval_timeout)
         self._name = agent_name
         self._event_stream_handler = event_stream_handler
         self._mcp_step_config = validate_step_config(mcp_step_config, argument="mcp_step_config")
         self._model_step_config = validate_step_config(model_step_config, argument="model_step_config")
         self._tool_step_config = validate_step_config(tool_step_config, argument="tool_step_config")
+        self._stream_events = stream_events
         self._parallel_execution_mode = parallel_execution_mode
         self._durable_tools = durable_tool_names(wrapped.toolsets, durable_tools)
         self._check_mcp_toolsets(wrapped.toolsets)
@@ -267,10 +314,11 @@ class DBOSAgent(WrapperAgent[AgentDepsT, OutputDataT]):
         # DBOS decorates functions, not bound methods: register closures over this agent.
         async def run_workflow(user_prompt: Any = None, **inputs: Any) -> AgentRunResult[Any]:
             with self._durable_run(inputs) as run_args:
-                return await self.wrapped.run(user_prompt, **run_args)
+                async with recorded_run_async(inputs.get(_STREAM_EVENTS, False)):
+                    return await self.wrapped.run(user_prompt, **run_args)
 
         def run_sync_workflow(user_prompt: Any = None, **inputs: Any) -> AgentRunResult[Any]:
-            with self._durable_run(inputs) as run_args:
+            with self._durable_run(inputs) as run_args, recorded_run(inputs.get(_STREAM_EVENTS, False)):
                 return self.wrapped.run_sync(user_prompt, **run_args)
 
         self._run_workflow = DBOS.workflow(name=f"{agent_name}.run")(run_workflow)
@@ -349,6 +397,8 @@ class DBOSAgent(WrapperAgent[AgentDepsT, OutputDataT]):
         inputs = {key: value for key, value in run_args.items() if value is not None}
         if streamed and self.event_stream_handler is None:
             inputs[_STREAMED] = True
+        if self._stream_events:
+            inputs[_STREAM_EVENTS] = True  # stored: a recovered run records its events even if the flag changed
         model = self._model_input(run_args.get("model"))
         inputs.pop("model", None)
         if model is not None:
@@ -362,15 +412,19 @@ class DBOSAgent(WrapperAgent[AgentDepsT, OutputDataT]):
         live = _live_run_args.get()
         run_args = dict(inputs)
         streamed = run_args.pop(_STREAMED, False)
+        recorded = run_args.pop(_STREAM_EVENTS, False)
         handler = live.event_stream_handler or self.event_stream_handler or (_ignore_events if streamed else None)
         run_args["model"] = self._resolve_model(inputs.get("model"))
         run_args["capabilities"] = [
             *inputs.get("capabilities", ()),
-            _DurableRun(self, handler, run_id=DBOS.workflow_id),
+            _DurableRun(self, record_model_events(handler) if recorded else handler, run_id=DBOS.workflow_id),
         ]
         run_args["infer_name"] = False
-        if handler is not None:
-            run_args["event_stream_handler"] = _tool_events_only(handler)
+        tool_handler = _tool_events_only(handler) if handler is not None else None
+        if recorded:
+            tool_handler = record_run_events(tool_handler)
+        if tool_handler is not None:
+            run_args["event_stream_handler"] = tool_handler
         if live.cancellation_token is not None:
             run_args["cancellation_token"] = live.cancellation_token
         with self.wrapped.parallel_tool_call_execution_mode(self._parallel_execution_mode):
@@ -452,14 +506,33 @@ class DBOSAgent(WrapperAgent[AgentDepsT, OutputDataT]):
                 yield agent_run
 
     def run_stream(self, user_prompt: Any = None, **run_args: Any) -> AbstractAsyncContextManager[Any]:
-        """Stream a plain, non-durable run. Inside a workflow, use `run(..., event_stream_handler=...)`."""
+        """With `stream_events=True` and DBOS launched: start the durable workflow `{name}.run` and yield a
+        `DurableStreamedRun` that reads its stream. Otherwise a plain, non-durable run. Refused in a workflow."""
         self._refuse_in_workflow("run_stream")
+        if self._stream_events and dbos_launched():
+            return durable_streamed_run(self._run_starter(user_prompt, run_args))
         return self.wrapped.run_stream(user_prompt, **run_args)
 
     def run_stream_events(self, user_prompt: Any = None, **run_args: Any) -> Any:
-        """Stream a plain, non-durable run's events. Inside a workflow, use `run(..., event_stream_handler=...)`."""
+        """With `stream_events=True` and DBOS launched: start the durable workflow `{name}.run` and yield a
+        `DurableRunEvents` that reads its stream. Otherwise a plain, non-durable run. Refused in a workflow."""
         self._refuse_in_workflow("run_stream_events")
+        if self._stream_events and dbos_launched():
+            return durable_run_events(self._run_starter(user_prompt, run_args))
         return self.wrapped.run_stream_events(user_prompt, **run_args)
+
+    def _run_starter(self, user_prompt: Any, run_args: dict[str, Any]) -> Callable[[], Awaitable[Any]]:
+        """Starts the `{name}.run` workflow when awaited (inputs are checked now, before anything starts)."""
+        handler = run_args.pop("event_stream_handler", None)
+        cancellation_token = run_args.pop("cancellation_token", None)
+        run_args.pop("infer_name", None)
+        inputs = self._workflow_inputs(user_prompt, run_args, streamed=handler is not None)
+
+        async def start() -> Any:
+            with self._live(handler, cancellation_token):
+                return await DBOS.start_workflow_async(self._run_workflow, user_prompt, **inputs)
+
+        return start
 
     def _refuse_in_workflow(self, method: str) -> None:
         if in_workflow():

@@ -15,6 +15,8 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from ._approvals_cli import approvals_app
+
 __all__ = ["app", "main"]
 
 app = typer.Typer(
@@ -85,6 +87,81 @@ def demo(
         raise typer.Exit(code=2) from None
     if not result.ok:
         raise typer.Exit(code=1)
+
+
+# `approvals list|approve|deny|deliver`: decisions for runs that wait (see _approvals_cli.py).
+app.add_typer(approvals_app, name="approvals")
+
+
+@app.command()
+def tail(
+    workflow_id: Annotated[str, typer.Argument(help="The run's workflow id.")],
+    database_url: Annotated[
+        str | None,
+        typer.Option(
+            envvar="DBOS_SYSTEM_DATABASE_URL",
+            help="System database of the run: 'sqlite:///file.sqlite' or 'postgresql://...'.",
+        ),
+    ] = None,
+    from_offset: Annotated[
+        int, typer.Option(min=0, help="Continue after this offset (printed when you interrupt tail).")
+    ] = 0,
+) -> None:
+    """Print a run's events live (agents with stream_events=True): text as it arrives, tool calls as they happen."""
+    import asyncio
+
+    if database_url is None:
+        error_console.print("[bold red]Error:[/] pass --database-url or set DBOS_SYSTEM_DATABASE_URL.")
+        raise typer.Exit(code=2)
+    progress = [from_offset]  # the last offset printed, kept up to date for an interrupt
+    try:
+        asyncio.run(_tail(workflow_id, database_url, progress))
+    except KeyboardInterrupt:
+        error_console.print(f"\n[dim]stopped; continue with --from-offset {progress[0]}[/]")
+        raise typer.Exit(code=130) from None
+    except Exception as error:  # a missing run, an unreachable database: say which, briefly
+        error_console.print(f"[bold red]Error:[/] {type(error).__name__}: {error}")
+        raise typer.Exit(code=2) from None
+
+
+async def _tail(workflow_id: str, database_url: str, progress: list[int]) -> None:
+    """Print the events of one run after offset `progress[0]` until it ends, updating `progress[0]`."""
+    from .streams import read_events
+
+    async for offset, event in read_events(workflow_id, from_offset=progress[0], database_url=database_url):
+        text = render_event(event)
+        if text:
+            console.out(text, end="", highlight=False)
+        progress[0] = offset
+    console.out("")
+
+
+def render_event(event: object) -> str:
+    """How `tail` shows one event: text as is, tool calls and results and retries on lines of their own."""
+    from pydantic_ai.messages import (
+        FunctionToolCallEvent,
+        FunctionToolResultEvent,
+        PartDeltaEvent,
+        PartStartEvent,
+        TextPart,
+        TextPartDelta,
+    )
+
+    from .streams import Superseded
+
+    if isinstance(event, PartStartEvent) and isinstance(event.part, TextPart):
+        return event.part.content
+    if isinstance(event, PartDeltaEvent) and isinstance(event.delta, TextPartDelta):
+        return event.delta.content_delta
+    if isinstance(event, FunctionToolCallEvent):
+        return f"\n[tool call] {event.part.tool_name}({event.part.args_as_json_str()})\n"
+    if isinstance(event, FunctionToolResultEvent):
+        part = event.part
+        content = part.model_response_str() if hasattr(part, "model_response_str") else str(part.content)
+        return f"[tool result] {part.tool_name}: {content}\n"
+    if isinstance(event, Superseded):
+        return f"\n[model request retried: the text from offset {event.discard_from} on is void]\n"
+    return ""
 
 
 def main() -> None:

@@ -21,8 +21,17 @@ def crash_run(database_url: str, tmp_path: Path) -> Iterator[Callable[..., Crash
     """Make the test's `CrashRun` (one per test); everything it started is stopped at teardown."""
     runs: list[CrashRun] = []
 
-    def make(scenario: str, mode: str, script: list[dict[str, Any]], *, delay_turns: Collection[int] = ()) -> CrashRun:
-        server = ScriptedOpenAIServer(script, delay_turns=delay_turns).start()
+    def make(
+        scenario: str,
+        mode: str,
+        script: list[dict[str, Any]],
+        *,
+        delay_turns: Collection[int] = (),
+        pause_mid_stream_turns: Collection[int] = (),
+    ) -> CrashRun:
+        server = ScriptedOpenAIServer(
+            script, delay_turns=delay_turns, pause_mid_stream_turns=pause_mid_stream_turns
+        ).start()
         workdir = tmp_path / "work"
         workdir.mkdir()
         run = CrashRun(scenario, mode, database_url, workdir, server)

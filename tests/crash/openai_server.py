@@ -8,7 +8,8 @@ replaced by the content of the conversation's last tool message.
 
 Every request is counted per turn (received, and completed when the whole answer was written), readable
 with `stats()` in-process or `GET /stats`. `delay_turns` holds the *first* request of those turns
-until `release()` or `close()`, so a test can kill the client while that request is in flight.
+until `release()` or `close()`, so a test can kill the client while that request is in flight;
+`pause_mid_stream_turns` streams the first half of those turns' first (streamed) answer, then holds the rest.
 
 Standalone: `python openai_server.py script.json [--delay-turn N ...]` prints the port and serves.
 """
@@ -40,9 +41,16 @@ class TurnStats:
 class ScriptedOpenAIServer:
     """The server, run on a background thread of the calling process."""
 
-    def __init__(self, script: list[dict[str, Any]], *, delay_turns: Collection[int] = ()) -> None:
+    def __init__(
+        self,
+        script: list[dict[str, Any]],
+        *,
+        delay_turns: Collection[int] = (),
+        pause_mid_stream_turns: Collection[int] = (),
+    ) -> None:
         self.script = script
         self._delay_turns = set(delay_turns)
+        self._pause_mid_stream_turns = set(pause_mid_stream_turns)
         self._lock = threading.Lock()
         self._turns: dict[int, TurnStats] = {}
         self._released = threading.Event()
@@ -91,6 +99,11 @@ class ScriptedOpenAIServer:
             stats.received += 1
             stats.streamed.append(stream)
             return turn in self._delay_turns and stats.received == 1
+
+    def _pauses_mid_stream(self, turn: int) -> bool:
+        """Whether this request (just received) is the first of a turn to pause halfway through its stream."""
+        with self._lock:
+            return turn in self._pause_mid_stream_turns and self._turns[turn].received == 1
 
     def _complete(self, turn: int) -> None:
         with self._lock:
@@ -172,14 +185,14 @@ def _make_handler(server: ScriptedOpenAIServer) -> type[BaseHTTPRequestHandler]:
             try:
                 if stream:
                     include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-                    self._stream(text, calls, include_usage)
+                    self._stream(text, calls, include_usage, pause=server._pauses_mid_stream(turn))
                 else:
                     self._send_json(200, _completion(text, calls))
             except (BrokenPipeError, ConnectionResetError):
                 return  # the client is gone (killed): the request was not served
             server._complete(turn)
 
-        def _stream(self, text: str | None, calls: list[dict[str, Any]], include_usage: bool) -> None:
+        def _stream(self, text: str | None, calls: list[dict[str, Any]], include_usage: bool, pause: bool) -> None:
             self.send_response(200)
             self.send_header("Content-Type", "text/event-stream")
             self.send_header("Cache-Control", "no-cache")
@@ -206,7 +219,9 @@ def _make_handler(server: ScriptedOpenAIServer) -> type[BaseHTTPRequestHandler]:
             events.append(chunk({}, "tool_calls" if calls else "stop"))
             if include_usage:
                 events.append({**chunk({}), "choices": [], "usage": _usage()})
-            for event in events:
+            for index, event in enumerate(events):
+                if pause and index == len(events) // 2:
+                    server._hold()  # half the answer is out: the client is killed here
                 self.wfile.write(f"data: {json.dumps(event)}\n\n".encode())
                 self.wfile.flush()
             self.wfile.write(b"data: [DONE]\n\n")

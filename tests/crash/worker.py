@@ -18,6 +18,7 @@ Scenarios (the model is an `OpenAIChatModel` talking to the test's scripted serv
 - mcp: an MCP toolset (stdio, `mcp_slow_server.py`) whose tool hangs; killed while it runs.
 - approval: a user workflow runs the agent until a tool needing approval, waits for
   `DBOS.recv('approval')`, then continues with `deferred_tool_results` in a second durable run.
+- stream: like `model`, with `stream_events=True`: the run records its events in a DBOS stream.
 """
 
 from __future__ import annotations
@@ -45,12 +46,13 @@ AGENT_NAME = "crash_agent"
 MCP_TOOLSET_ID = "slow"
 APPROVAL_TOPIC = "approval"
 APPROVAL_TIMEOUT_SECONDS = 600
-SCENARIOS = ("model", "tool", "mcp", "approval")
+SCENARIOS = ("model", "tool", "mcp", "approval", "stream")
 PROMPTS = {
     "model": "Look up the key 'alpha'.",
     "tool": "Charge 42.",
     "mcp": "Echo 'hello' through the slow server.",
     "approval": "Refund 10.",
+    "stream": "Look up the key 'alpha' and explain it.",
 }
 
 WORKDIR = Path(".")  # set from the command line before anything runs
@@ -121,6 +123,7 @@ def build_agent(scenario: str, mode: str, port: int) -> DBOSAgent[None, Any]:
         name=AGENT_NAME,
         durable_tools=["charge", "refund"],
         event_stream_handler=record_stream if mode == "async" else None,
+        stream_events=scenario == "stream",
     )
 
 
