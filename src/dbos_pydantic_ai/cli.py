@@ -164,6 +164,78 @@ def render_event(event: object) -> str:
     return ""
 
 
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+def _is_loopback(host: str) -> bool:
+    """Whether `host` is `localhost` or a loopback address (127.0.0.0/8, ::1)."""
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+@app.command("console")
+def console_command(
+    database_url: Annotated[
+        str | None,
+        typer.Option(
+            envvar="DBOS_SYSTEM_DATABASE_URL",
+            help="System database of the workers: 'sqlite:///file.sqlite' or 'postgresql://...'.",
+        ),
+    ] = None,
+    host: Annotated[str, typer.Option(help="Address to bind. Anything but loopback needs --token.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Port to listen on.")] = 8765,
+    token: Annotated[
+        str | None,
+        typer.Option(
+            envvar="DBOS_PAI_CONSOLE_TOKEN",
+            help="Require this token on every request (Authorization: Bearer, or ?token= in the page's URL).",
+        ),
+    ] = None,
+) -> None:
+    """Serve the web console: runs, conversations, costs, approvals and live output (needs the `console` extra)."""
+    if database_url is None:
+        error_console.print("[bold red]Error:[/] pass --database-url or set DBOS_SYSTEM_DATABASE_URL.")
+        raise typer.Exit(code=2)
+    if token is not None and not token.strip():
+        error_console.print("[bold red]Error:[/] --token must not be empty.")
+        raise typer.Exit(code=2)
+    loopback = _is_loopback(host)
+    if not loopback and token is None:
+        error_console.print(
+            f"[bold red]Error:[/] refusing to serve the console on {host!r} without a token: anyone who can reach "
+            "it could approve tool calls and cancel runs. Pass --token SECRET (or bind to 127.0.0.1)."
+        )
+        raise typer.Exit(code=2)
+    try:
+        import uvicorn
+
+        from .console import create_app
+    except ImportError as error:
+        error_console.print(
+            f"[bold red]Error:[/] the console needs FastAPI and uvicorn ({error.name} is missing): "
+            "pip install 'dbos-pydantic-ai[console]'."
+        )
+        raise typer.Exit(code=2) from None
+    from pydantic_ai.exceptions import UserError
+
+    try:
+        # Bound to loopback, accept only loopback Host headers: a DNS-rebinding page cannot reach the API.
+        allowed = [*LOOPBACK_HOSTS, "[::1]", host] if loopback else None
+        web_app = create_app(database_url, token=token, allowed_hosts=allowed)
+    except UserError as error:
+        error_console.print(f"[bold red]Error:[/] {error}")
+        raise typer.Exit(code=2) from None
+    shown_host = f"[{host}]" if ":" in host else host
+    console.print(f"dbos-pydantic-ai console on http://{shown_host}:{port}/" + ("?token=..." if token else ""))
+    uvicorn.run(web_app, host=host, port=port, log_level="warning")
+
+
 def main() -> None:
     """Entry point of the `dbos-pydantic-ai` console script."""
     app()

@@ -1,0 +1,464 @@
+"""The console's FastAPI application: the JSON API under `/api` and the page from `static/` at `/`.
+
+Safety rules (see docs/console.md):
+
+- With a token, every request needs it: `Authorization: Bearer <token>`, `?token=<token>` (the page's
+  EventSource cannot send headers), or the cookie set when the page was opened with `?token=` (so the
+  page's own scripts and styles load).
+- Requests that change anything are POSTs, and a POST whose `Origin` or `Sec-Fetch-Site` header is not
+  same-origin is refused (403), token or not.
+- `allowed_hosts` (the CLI passes the loopback names when it binds to loopback) refuses other `Host`
+  headers, which defeats DNS rebinding.
+- Request values are only strings and numbers: nothing a browser sends is ever unpickled.
+- Every response carries a Content-Security-Policy that forbids inline scripts: what a model or tool
+  wrote can never run in the page, even if it reached the DOM as HTML.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from http.cookies import SimpleCookie
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from fastapi import Body, FastAPI, Header, HTTPException, Query
+from fastapi import Path as PathParam
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.middleware.trustedhost import TrustedHostMiddleware
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from ..approvals import ApprovalRejected, approve, deny, list_pending_approvals
+from .data import STATUSES, ConsoleData, InvalidCursor, RunNotFound, approval_json
+
+__all__ = ["TOKEN_COOKIE", "create_app", "token_cookie_value"]
+
+STATIC_DIR = Path(__file__).parent / "static"
+TOKEN_COOKIE = "dbos_pai_console_token"
+KEEPALIVE_SECONDS = 15.0
+SECURITY_HEADERS = [
+    (
+        b"content-security-policy",
+        b"default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
+        b"connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
+    ),
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"x-frame-options", b"DENY"),
+]
+_MAX_ID = 1000  # longest workflow id, agent name or search text accepted
+_MAX_INT = 2**31 - 1
+
+PLACEHOLDER_PAGE = """<!doctype html><html lang="en"><head><meta charset="utf-8"><title>dbos-pydantic-ai console</title>
+</head><body><h1>dbos-pydantic-ai console</h1><p>The page is not installed; the JSON API is at
+<a href="api/runs">api/runs</a>.</p></body></html>"""
+
+
+# --- Request bodies -----------------------------------------------------------------------------------
+
+
+class ApproveBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    args_digest: str = Field(min_length=1, max_length=200, description="The digest of the arguments reviewed.")
+
+
+class DenyBody(ApproveBody):
+    reason: str | None = Field(default=None, max_length=10_000, description="Told to the model.")
+
+
+class ForkBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    start_step: int = Field(ge=1, le=_MAX_INT, description="Re-run the run from this step (a model request's id).")
+
+
+# --- Security middleware --------------------------------------------------------------------------------
+
+
+def token_cookie_value(token: str) -> str:
+    """What the console's cookie holds for `token`: its sha256, so the cookie jar never holds the token."""
+    return hashlib.sha256(f"dbos-pai-console:{token}".encode()).hexdigest()
+
+
+def _same(presented: str, expected: str) -> bool:
+    return hmac.compare_digest(
+        presented.encode("utf-8", "surrogateescape"), expected.encode("utf-8", "surrogateescape")
+    )
+
+
+def _json_response(status: int, detail: str) -> JSONResponse:
+    return JSONResponse({"detail": detail}, status_code=status)
+
+
+class _Guard:
+    """Token check, cross-origin refusal for POSTs, refusal of NUL characters, and security headers."""
+
+    def __init__(self, app: ASGIApp, token: str | None) -> None:
+        self.app = app
+        self.token = token
+        # The cookie holds a digest of the token, never the token itself (and any token is a safe cookie value).
+        self.cookie_value = None if token is None else token_cookie_value(token)
+
+    def _authorized(self, scope: Scope, headers: dict[str, str]) -> tuple[bool, bool]:
+        """Whether the request presents the token, and whether it did so in the query string."""
+        assert self.token is not None and self.cookie_value is not None
+        authorization = headers.get("authorization", "")
+        if authorization[:7].lower() == "bearer ":
+            return _same(authorization[7:].strip(), self.token), False
+        query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+        if query.get("token"):
+            return _same(query["token"][0], self.token), True
+        cookie: SimpleCookie = SimpleCookie()
+        try:
+            cookie.load(headers.get("cookie", ""))
+        except Exception:  # a malformed cookie header is no token
+            return False, False
+        morsel = cookie.get(TOKEN_COOKIE)
+        return morsel is not None and _same(morsel.value, self.cookie_value), False
+
+    @staticmethod
+    def _cross_origin(headers: dict[str, str], scheme: str) -> str | None:
+        site = headers.get("sec-fetch-site")
+        if site is not None and site != "same-origin":
+            return f"Sec-Fetch-Site is {site!r}"
+        origin = headers.get("origin")
+        if origin is not None:
+            host = headers.get("host", "")
+            parts = urlsplit(origin)
+            if origin == "null" or parts.scheme != scheme or parts.netloc.lower() != host.lower():
+                return f"Origin {origin!r} is not this console"
+        return None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = {key.decode("latin-1"): value.decode("latin-1") for key, value in scope["headers"]}
+        set_cookie = False
+        rejection: tuple[int, str] | None = None
+        raw_query = unquote(scope.get("query_string", b"").decode("latin-1"))
+        if "\x00" in scope["path"] or "\x00" in raw_query:
+            rejection = (422, "NUL characters are not allowed in the path or query.")
+        elif self.token is not None:
+            authorized, from_query = self._authorized(scope, headers)
+            if not authorized:
+                rejection = (401, "This console needs its token: Authorization: Bearer <token>, or ?token=.")
+            set_cookie = authorized and from_query
+        if rejection is None and scope["method"] == "POST":
+            problem = self._cross_origin(headers, scope.get("scheme", "http"))
+            if problem is not None:
+                rejection = (403, f"Cross-origin request refused: {problem}.")
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                extra = list(SECURITY_HEADERS)
+                if set_cookie:
+                    cookie = f"{TOKEN_COOKIE}={self.cookie_value}; Path=/; HttpOnly; SameSite=Strict"
+                    extra.append((b"set-cookie", cookie.encode("latin-1")))
+                message = {**message, "headers": [*message.get("headers", []), *extra]}
+            await send(message)
+
+        if rejection is not None:
+            response = _json_response(*rejection)
+            if rejection[0] == 401:
+                response.headers["www-authenticate"] = "Bearer"
+            await response(scope, receive, send_with_headers)
+            return
+        await self.app(scope, receive, send_with_headers)
+
+
+# --- The app --------------------------------------------------------------------------------------------
+
+WorkflowId = Annotated[str, PathParam(min_length=1, max_length=_MAX_ID)]
+
+
+def create_app(database_url: str, *, token: str | None = None, allowed_hosts: Sequence[str] | None = None) -> FastAPI:
+    """The console for the DBOS system database at `database_url`.
+
+    Args:
+        database_url: The workers' system database (`sqlite:///...` or `postgresql://...`).
+        token: When set, every request must present it (see the module docstring).
+        allowed_hosts: Accepted `Host` header names (e.g. the loopback names); None accepts any.
+    """
+    if token is not None and not token:
+        raise ValueError("An empty token would let everyone in: pass None or a non-empty token.")
+    data = ConsoleData(database_url)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        data.close()
+
+    app = FastAPI(
+        title="dbos-pydantic-ai console",
+        summary="Durable agent runs, their conversations, costs, approvals and live output.",
+        docs_url=None,  # Swagger UI and ReDoc load scripts from a CDN
+        redoc_url=None,
+        openapi_url="/api/openapi.json",
+        lifespan=lifespan,
+    )
+    app.state.data = data
+
+    async def blocking(func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await run_in_threadpool(func, *args, **kwargs)
+        except RunNotFound as error:
+            raise HTTPException(404, f"No durable agent run {error.args[0]!r}.") from None
+
+    @app.get("/api/agents")
+    async def agents() -> dict[str, list[str]]:
+        """The names of the agents that have durable runs."""
+        return {"agents": await blocking(data.agents)}
+
+    @app.get("/api/runs")
+    async def runs(
+        agent: Annotated[str | None, Query(max_length=_MAX_ID)] = None,
+        status: Annotated[Literal[STATUSES] | None, Query()] = None,  # type: ignore[valid-type]
+        q: Annotated[str | None, Query(max_length=_MAX_ID)] = None,
+        limit: Annotated[int, Query(ge=1, le=500)] = 50,
+        cursor: Annotated[str | None, Query(max_length=4 * _MAX_ID)] = None,
+    ) -> dict[str, Any]:
+        """Durable agent runs, newest first; pass `next_cursor` back as `cursor` for the next page."""
+        try:
+            page, next_cursor = await blocking(
+                data.list_runs, agent=agent, status=status, q=q, limit=limit, cursor=cursor
+            )
+        except InvalidCursor:
+            raise HTTPException(422, "Invalid cursor: pass a next_cursor this console returned.") from None
+        return {"runs": page, "next_cursor": next_cursor}
+
+    @app.get("/api/runs/{workflow_id}")
+    async def run(workflow_id: WorkflowId) -> dict[str, Any]:
+        """A run: its summary, conversation, steps, model requests, children, pending approvals and output."""
+        return await blocking(data.run, workflow_id)
+
+    @app.get("/api/compare")
+    async def compare(
+        left: Annotated[str, Query(min_length=1, max_length=_MAX_ID)],
+        right: Annotated[str, Query(min_length=1, max_length=_MAX_ID)],
+    ) -> dict[str, Any]:
+        """Two runs side by side (a fork and its original, say)."""
+        return {"left": await blocking(data.run, left), "right": await blocking(data.run, right)}
+
+    @app.get("/api/approvals")
+    async def approvals(agent: Annotated[str | None, Query(max_length=_MAX_ID)] = None) -> dict[str, Any]:
+        """Tool calls that waiting runs need a decision on, oldest first."""
+        pending = await blocking(list_pending_approvals, agent_name=agent or None, database_url=database_url)
+        return {"approvals": [approval_json(approval) for approval in pending]}
+
+    async def decide(func: Callable[..., None], workflow_id: str, call_id: str, **kwargs: Any) -> dict[str, bool]:
+        await blocking(data.status_of, workflow_id)
+        try:
+            await blocking(func, workflow_id, call_id, database_url=database_url, **kwargs)
+        except ApprovalRejected as error:
+            raise HTTPException(409, str(error)) from None
+        return {"ok": True}
+
+    @app.post("/api/runs/{workflow_id}/approvals/{call_id}/approve")
+    async def approve_call(
+        workflow_id: WorkflowId,
+        call_id: Annotated[str, PathParam(min_length=1, max_length=_MAX_ID)],
+        body: Annotated[ApproveBody, Body()],
+    ) -> dict[str, bool]:
+        """Approve a pending tool call, bound to the digest of the arguments reviewed (409 when refused)."""
+        return await decide(approve, workflow_id, call_id, args_digest=body.args_digest)
+
+    @app.post("/api/runs/{workflow_id}/approvals/{call_id}/deny")
+    async def deny_call(
+        workflow_id: WorkflowId,
+        call_id: Annotated[str, PathParam(min_length=1, max_length=_MAX_ID)],
+        body: Annotated[DenyBody, Body()],
+    ) -> dict[str, bool]:
+        """Deny a pending tool call; the model is told `reason` (409 when refused)."""
+        return await decide(deny, workflow_id, call_id, args_digest=body.args_digest, reason=body.reason or None)
+
+    @app.post("/api/runs/{workflow_id}/cancel")
+    async def cancel(workflow_id: WorkflowId) -> dict[str, bool]:
+        """Cancel a run that has not finished (409 for one that succeeded or failed)."""
+        status = await blocking(data.status_of, workflow_id)
+        if status in ("SUCCESS", "ERROR"):
+            raise HTTPException(409, f"Run {workflow_id!r} is {status}: there is nothing to cancel.")
+        await blocking(data.client.cancel_workflow, workflow_id)
+        return {"ok": True}
+
+    @app.post("/api/runs/{workflow_id}/resume")
+    async def resume(workflow_id: WorkflowId) -> dict[str, bool]:
+        """Resume a cancelled (or stuck) run from its last completed step; a worker picks it up."""
+        status = await blocking(data.status_of, workflow_id)
+        if status in ("SUCCESS", "ERROR"):
+            raise HTTPException(409, f"Run {workflow_id!r} is {status}: fork it to run it again.")
+        await blocking(data.client.resume_workflow, workflow_id)
+        return {"ok": True}
+
+    @app.post("/api/runs/{workflow_id}/fork")
+    async def fork(workflow_id: WorkflowId, body: Annotated[ForkBody, Body()]) -> dict[str, str]:
+        """Start a new run that replays this one's steps before `start_step` and runs the rest again."""
+        await blocking(data.status_of, workflow_id)
+        handle = await blocking(data.client.fork_workflow, workflow_id, body.start_step)
+        return {"workflow_id": handle.get_workflow_id()}
+
+    @app.get("/api/runs/{workflow_id}/events", response_class=StreamingResponse)
+    async def events(
+        workflow_id: WorkflowId,
+        from_offset: Annotated[int | None, Query(ge=0, le=_MAX_INT)] = None,
+        last_event_id: Annotated[str | None, Header(max_length=20)] = None,
+    ) -> StreamingResponse:
+        """The run's events as server-sent events (`id:` is the offset); resumes after `Last-Event-ID`."""
+        await blocking(data.status_of, workflow_id)
+        start = from_offset or 0
+        if last_event_id is not None and last_event_id.strip():
+            try:
+                start = int(last_event_id)
+            except ValueError:
+                raise HTTPException(422, "Last-Event-ID must be an event offset.") from None
+            if not 0 <= start <= _MAX_INT:
+                raise HTTPException(422, "Last-Event-ID must be an event offset.")
+        return StreamingResponse(
+            sse_stream(workflow_id, start, database_url),
+            media_type="text/event-stream",
+            headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
+        )
+
+    if (STATIC_DIR / "index.html").exists():
+        app.mount("/", StaticFiles(directory=STATIC_DIR, html=True), name="static")
+    else:
+
+        @app.get("/", include_in_schema=False)
+        async def placeholder() -> HTMLResponse:
+            return HTMLResponse(PLACEHOLDER_PAGE)
+
+    app.add_middleware(_GuardMiddleware, token=token, allowed_hosts=allowed_hosts)
+    return app
+
+
+class _GuardMiddleware:
+    """`_Guard` (and the trusted-host check) as a FastAPI middleware, so it wraps error responses too."""
+
+    def __init__(self, app: ASGIApp, token: str | None, allowed_hosts: Sequence[str] | None) -> None:
+        inner: ASGIApp = _Guard(app, token)
+        if allowed_hosts is not None:
+            inner = TrustedHostMiddleware(inner, allowed_hosts=list(allowed_hosts))
+        self.app = inner
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.app(scope, receive, send)
+
+
+def event_json(offset: int, event: Any) -> dict[str, Any]:
+    """One stream event as the JSON of an SSE message: `offset`, `kind`, and the fields that kind has."""
+    from pydantic_ai.messages import (
+        FinalResultEvent,
+        FunctionToolCallEvent,
+        FunctionToolResultEvent,
+        PartDeltaEvent,
+        PartEndEvent,
+        PartStartEvent,
+        TextPart,
+        TextPartDelta,
+        ThinkingPart,
+        ThinkingPartDelta,
+        ToolCallPart,
+        ToolCallPartDelta,
+    )
+
+    from ..streams import ModelRequestStarted, Superseded
+    from .data import jsonable
+
+    data: dict[str, Any] = {
+        "offset": offset,
+        "kind": "other",
+        "text": None,
+        "tool_name": None,
+        "args": None,
+        "content": None,
+        "superseded_from": None,
+        "index": getattr(event, "index", None),
+        "part_kind": None,
+        "tool_call_id": None,
+        "step_id": getattr(event, "step_id", None),
+    }
+    if isinstance(event, ModelRequestStarted):
+        data["kind"] = "model_request_started"
+    elif isinstance(event, Superseded):
+        data.update(kind="superseded", superseded_from=event.discard_from)
+    elif isinstance(event, PartStartEvent | PartEndEvent):
+        part = event.part
+        data["kind"] = "part_start" if isinstance(event, PartStartEvent) else "part_end"
+        data["part_kind"] = part.part_kind
+        if isinstance(part, TextPart | ThinkingPart):
+            data["text"] = part.content
+        elif isinstance(part, ToolCallPart):
+            data.update(tool_name=part.tool_name, args=jsonable(part.args), tool_call_id=part.tool_call_id)
+    elif isinstance(event, PartDeltaEvent):
+        delta = event.delta
+        data["kind"] = "part_delta"
+        if isinstance(delta, TextPartDelta):
+            data.update(part_kind="text", text=delta.content_delta)
+        elif isinstance(delta, ThinkingPartDelta):
+            data.update(part_kind="thinking", text=delta.content_delta)
+        elif isinstance(delta, ToolCallPartDelta):
+            data.update(
+                part_kind="tool-call",
+                tool_name=delta.tool_name_delta,
+                args=jsonable(delta.args_delta),
+                tool_call_id=delta.tool_call_id,
+            )
+    elif isinstance(event, FunctionToolCallEvent):
+        part = event.part
+        data.update(
+            kind="tool_call", tool_name=part.tool_name, args=jsonable(part.args), tool_call_id=part.tool_call_id
+        )
+    elif isinstance(event, FunctionToolResultEvent):
+        result = event.part
+        content = result.model_response_str() if hasattr(result, "model_response_str") else result.model_response()
+        data.update(kind="tool_result", tool_name=result.tool_name, content=content, tool_call_id=result.tool_call_id)
+    elif isinstance(event, FinalResultEvent):
+        data.update(kind="final_result", tool_name=event.tool_name, tool_call_id=event.tool_call_id)
+    else:
+        data["kind"] = str(getattr(event, "event_kind", type(event).__name__))
+    return data
+
+
+async def sse_stream(workflow_id: str, from_offset: int, database_url: str) -> AsyncIterator[str]:
+    """SSE messages for a run's events after `from_offset`, a comment every 15 s while idle, then `event: end`."""
+    from ..streams import read_events
+
+    queue: asyncio.Queue[tuple[int, Any] | BaseException | None] = asyncio.Queue()
+
+    async def produce() -> None:
+        try:
+            async for offset, event in read_events(workflow_id, from_offset=from_offset, database_url=database_url):
+                await queue.put((offset, event))
+        except Exception as error:
+            await queue.put(error)
+        else:
+            await queue.put(None)
+
+    producer: asyncio.Task[None] = asyncio.create_task(produce())
+    try:
+        yield "retry: 2000\n\n"
+        while True:
+            try:
+                item = await asyncio.wait_for(queue.get(), KEEPALIVE_SECONDS)
+            except TimeoutError:
+                yield ": keepalive\n\n"
+                continue
+            if item is None:
+                yield "event: end\ndata: {}\n\n"
+                return
+            if isinstance(item, BaseException):
+                detail = json.dumps({"error": f"{type(item).__name__}: {item}"})
+                yield f"event: error\ndata: {detail}\n\n"
+                return
+            offset, event = item
+            yield f"id: {offset}\ndata: {json.dumps(event_json(offset, event), ensure_ascii=False)}\n\n"
+    finally:
+        producer.cancel()
+        await asyncio.gather(producer, return_exceptions=True)
