@@ -20,11 +20,11 @@ from typing import Any
 import genai_prices
 import httpx2
 import pytest
+from console_support import LIVE_CHUNK, ConsoleEnv, ConsoleServer
 from dbos import DBOS
 from fastapi.testclient import TestClient
 from pydantic_ai.messages import ModelResponse
 
-from conftest import LIVE_CHUNK, ConsoleEnv, ConsoleServer
 from dbos_pydantic_ai.console import create_app
 from dbos_pydantic_ai.console.app import TOKEN_COOKIE, token_cookie_value
 
@@ -213,7 +213,7 @@ def test_children_are_linked(api: TestClient, console_env: ConsoleEnv) -> None:
 
 
 def test_untrusted_text_is_returned_verbatim_as_json(api: TestClient, console_env: ConsoleEnv) -> None:
-    from conftest import INJECTION_ARG, INJECTION_TEXT
+    from console_support import INJECTION_ARG, INJECTION_TEXT
 
     response = api.get(f"/api/runs/{console_env.runs['injection']}")
     assert response.headers["content-type"] == "application/json"

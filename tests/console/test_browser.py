@@ -23,12 +23,12 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+from console_support import FAILURE_MESSAGE, INJECTION_ARG, INJECTION_TEXT, LIVE_CHUNK, ConsoleEnv, ConsoleServer
 from dbos import SetWorkflowID
 from pydantic_ai import Agent
 from pydantic_ai.messages import ModelMessage, ModelRequest, ToolReturnPart
 from pydantic_ai.models.function import AgentInfo, DeltaToolCall, DeltaToolCalls, FunctionModel
 
-from conftest import FAILURE_MESSAGE, INJECTION_ARG, INJECTION_TEXT, LIVE_CHUNK, ConsoleEnv, ConsoleServer
 from dbos_pydantic_ai import DBOSAgent
 
 playwright_sync = pytest.importorskip("playwright.sync_api")

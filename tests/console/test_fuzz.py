@@ -11,12 +11,12 @@ from collections.abc import Iterator
 
 import pytest
 import schemathesis
+from console_support import ConsoleEnv
 from fastapi import FastAPI
 from hypothesis import HealthCheck, given, settings
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.schemas import OpenApiSchema
 
-from conftest import ConsoleEnv
 from dbos_pydantic_ai.console import create_app
 
 # schemathesis' strategies use `random` inside hypothesis, which hypothesis warns about.
