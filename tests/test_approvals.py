@@ -344,9 +344,12 @@ async def test_rejected_decisions_change_nothing(agent_name: str, launch_dbos: C
         return_exceptions=True,
     )
     rejected = [outcome for outcome in outcomes if isinstance(outcome, ApprovalRejected)]
-    assert len(rejected) == 1 and "already decided" in str(rejected[0])
+    assert len(rejected) == 1
+    assert "already decided" in str(rejected[0]) or "is not waiting for a decision" in str(rejected[0])
     approved = outcomes[0] is None
-    with pytest.raises(ApprovalRejected, match="already decided"):
+    # A third decision is refused too: as already decided, or, once the run has taken the decision and moved
+    # on, as made to a run that no longer waits. Which one depends only on how fast the run reads its message.
+    with pytest.raises(ApprovalRejected, match=r"already decided|is not waiting for a decision"):
         await approve_async("wf-reject", "c1", args_digest=digest)
     result = await finish(task)
 
