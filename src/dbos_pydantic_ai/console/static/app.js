@@ -144,6 +144,25 @@
     return data;
   }
 
+  /**
+   * GET `path` for the view of navigation `gen`: its data, or null when the request failed (the error is shown in
+   * `message`) or the user has moved to another view meanwhile (a late response is dropped).
+   */
+  async function loadForView(gen, message, path) {
+    let data;
+    try {
+      data = await api(path);
+    } catch (error) {
+      if (gen !== generation) return null;
+      clear(message);
+      message.appendChild(errorBox(error));
+      return null;
+    }
+    if (gen !== generation) return null;
+    clear(message);
+    return data;
+  }
+
   function query(params) {
     const q = new URLSearchParams();
     for (const [k, v] of Object.entries(params)) if (v !== null && v !== undefined && v !== "") q.set(k, v);
@@ -283,19 +302,10 @@
 
     async function load() {
       const cursor = state.cursors[state.cursors.length - 1];
-      let data;
-      try {
-        data = await api(
-          "/api/runs" + query({ agent: state.agent, status: state.status, q: state.q, limit: state.limit, cursor }),
-        );
-      } catch (error) {
-        if (gen !== generation) return;
-        clear(message);
-        message.appendChild(errorBox(error));
-        return;
-      }
-      if (gen !== generation) return;
-      clear(message);
+      const path =
+        "/api/runs" + query({ agent: state.agent, status: state.status, q: state.q, limit: state.limit, cursor });
+      const data = await loadForView(gen, message, path);
+      if (data === null) return;
       nextCursor = data.next_cursor;
       clear(tbody);
       if (data.runs.length === 0) {
@@ -586,17 +596,8 @@
     let shownKeys = "";
 
     async function load(force) {
-      let data;
-      try {
-        data = await api("/api/approvals");
-      } catch (error) {
-        if (gen !== generation) return;
-        clear(message);
-        message.appendChild(errorBox(error));
-        return;
-      }
-      if (gen !== generation) return;
-      clear(message);
+      const data = await loadForView(gen, message, "/api/approvals");
+      if (data === null) return;
       const keys = data.approvals.map((a) => a.workflow_id + "\n" + a.tool_call_id + "\n" + a.args_digest).join("\n\n");
       const badge = document.getElementById("approval-count");
       badge.textContent = String(data.approvals.length);
@@ -820,17 +821,8 @@
     cleanups.push(() => live && live.close());
 
     async function load() {
-      let run;
-      try {
-        run = await api("/api/runs/" + encodeURIComponent(workflowId));
-      } catch (error) {
-        if (gen !== generation) return;
-        clear(message);
-        message.appendChild(errorBox(error));
-        return;
-      }
-      if (gen !== generation) return;
-      clear(message);
+      const run = await loadForView(gen, message, "/api/runs/" + encodeURIComponent(workflowId));
+      if (run === null) return;
       const running = RUNNING.has(run.status);
       if (running && !live) {
         live = liveView(workflowId, () => load());
@@ -913,17 +905,8 @@
     }
 
     async function load() {
-      let data;
-      try {
-        data = await api("/api/compare" + query({ left, right }));
-      } catch (error) {
-        if (gen !== generation) return;
-        clear(message);
-        message.appendChild(errorBox(error));
-        return;
-      }
-      if (gen !== generation) return;
-      clear(message);
+      const data = await loadForView(gen, message, "/api/compare" + query({ left, right }));
+      if (data === null) return;
       clear(body);
       const leftTitle = data.right.forked_from === data.left.workflow_id ? "Original" : "Left";
       const rightTitle = data.right.forked_from === data.left.workflow_id ? "Fork" : "Right";
