@@ -26,7 +26,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager, context
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from dbos import DBOS
 from pydantic_ai import CancellationToken, _utils
@@ -442,7 +442,7 @@ class DBOSAgent(WrapperAgent[AgentDepsT, OutputDataT]):
 
     # --- Public API: durable runs ------------------------------------------------------------
 
-    async def run(
+    async def _run_durably(
         self,
         user_prompt: Any = None,
         *,
@@ -468,7 +468,7 @@ class DBOSAgent(WrapperAgent[AgentDepsT, OutputDataT]):
         with self._live(event_stream_handler, cancellation_token):
             return await self._run_workflow(user_prompt, **inputs)
 
-    def run_sync(
+    def _run_sync_durably(
         self,
         user_prompt: Any = None,
         *,
@@ -492,7 +492,7 @@ class DBOSAgent(WrapperAgent[AgentDepsT, OutputDataT]):
     # --- Public API: the rest of the agent ---------------------------------------------------
 
     @asynccontextmanager
-    async def iter(self, user_prompt: Any = None, **run_args: Any) -> AsyncIterator[AgentRun[AgentDepsT, Any]]:
+    async def _iter_durably(self, user_prompt: Any = None, **run_args: Any) -> AsyncIterator[AgentRun[AgentDepsT, Any]]:
         """Iterate over the run's nodes. Inside a workflow its model requests and MCP calls are steps of
         that workflow; outside one it is a plain, non-durable run."""
         if not in_workflow():
@@ -504,6 +504,15 @@ class DBOSAgent(WrapperAgent[AgentDepsT, OutputDataT]):
         with self.wrapped.parallel_tool_call_execution_mode(self._parallel_execution_mode):
             async with self.wrapped.iter(user_prompt, **run_args) as agent_run:
                 yield agent_run
+
+    if TYPE_CHECKING:
+        # For type checkers these are pydantic-ai's own overloads, so a run's output is typed from the agent
+        # or from `output_type=`: they take the same arguments, and only where the run happens differs.
+        run = WrapperAgent.run
+        run_sync = WrapperAgent.run_sync
+        iter = WrapperAgent.iter
+    else:
+        run, run_sync, iter = _run_durably, _run_sync_durably, _iter_durably
 
     def run_stream(self, user_prompt: Any = None, **run_args: Any) -> AbstractAsyncContextManager[Any]:
         """With `stream_events=True` and DBOS launched: start the durable workflow `{name}.run` and yield a
