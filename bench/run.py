@@ -236,7 +236,7 @@ def derive(measurements: dict[str, Measurement], n: int) -> dict[str, Any]:
     return derived
 
 
-async def throughput(concurrent: int = 200, n: int = 3, rounds: int = 3) -> dict[str, float]:
+async def throughput(concurrent: int = 200, n: int = 3, rounds: int = 5) -> dict[str, float]:
     """Median runs per second for `concurrent` durable runs of N=`n` started at once on one event loop.
 
     The variants take turns, round after round, so a slow moment of the machine hits them all alike.

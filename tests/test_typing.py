@@ -1,4 +1,6 @@
-"""`run`, `run_sync` and `iter` keep pydantic-ai's typed signatures: checked with mypy on a sample module."""
+"""`run`, `run_sync` and `iter` keep pydantic-ai's typed signatures: checked with mypy on a sample module.
+
+The package itself passes mypy too."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ from pathlib import Path
 import pytest
 
 SAMPLE = Path(__file__).parent / "typing" / "dbos_agent_types.py"
+PACKAGE = Path(__file__).parents[1] / "src" / "dbos_pydantic_ai"
 
 
 @pytest.fixture(scope="module")
@@ -38,3 +41,8 @@ def test_the_check_fails_on_a_wrong_type(tmp_path: Path, mypy_cache: Path) -> No
     result = run_mypy(wrong, mypy_cache)
     assert result.returncode == 1
     assert 'Expression is of type "AgentRunResult[int]"' in result.stdout
+
+
+def test_the_package_passes_mypy(mypy_cache: Path) -> None:
+    result = run_mypy(PACKAGE, mypy_cache)
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pickle
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
 from dbos import DBOS, StepOptions, StepReservation
@@ -63,7 +63,7 @@ def portable_exception(error: Exception) -> Exception:
     return StepFailedError(f"{type(error).__module__}.{type(error).__qualname__}", str(error))
 
 
-def checkpointable(func: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
+def checkpointable(func: Callable[..., Awaitable[T]]) -> Callable[..., Coroutine[Any, Any, T]]:
     """`func` with its exceptions made safe to record: see `portable_exception`."""
 
     async def call(*args: Any) -> T:

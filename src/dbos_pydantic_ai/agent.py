@@ -55,6 +55,9 @@ from .streams import (
 )
 from .tools import DBOSFunctionToolset, ToolCallOrder, durable_tool_names, is_dbos_function
 
+if TYPE_CHECKING:
+    from pydantic_ai.mcp import MCPToolset
+
 __all__ = ["DBOSAgent", "DBOSParallelExecutionMode"]
 
 DBOSParallelExecutionMode = Literal["parallel_ordered_events", "sequential"]
@@ -93,7 +96,7 @@ async def _ignore_events(ctx: RunContext[Any], events: AsyncIterable[AgentStream
 _live_run_args: ContextVar[_LiveRunArgs] = ContextVar("dbos_pydantic_ai_live_run_args", default=_NO_LIVE_RUN_ARGS)
 
 
-def _mcp_toolset_class() -> type[AbstractToolset[Any]] | None:
+def _mcp_toolset_class() -> type[MCPToolset[Any]] | None:
     """pydantic-ai's `MCPToolset`, if anything imported it (MCP is an optional extra that costs ~1 s to import).
 
     An MCP toolset can only exist once its module is imported, so a missing module means there is none.
@@ -554,7 +557,7 @@ class DBOSAgent(WrapperAgent[AgentDepsT, OutputDataT]):
     @contextmanager
     def override(self, *, model: Model | str | _utils.Unset = _utils.UNSET, **overrides: Any) -> Iterator[None]:
         """Like `Agent.override`. A model instance must be registered with `models=` (see `run`)."""
-        if not _utils.is_set(model):
+        if isinstance(model, _utils.Unset):
             with self.wrapped.override(**overrides):
                 yield
             return
@@ -562,7 +565,7 @@ class DBOSAgent(WrapperAgent[AgentDepsT, OutputDataT]):
         token = self._model_override.set(key)
         try:
             # A registered key means its model: the wrapped agent knows no keys ('fast' is no model name).
-            resolved = self._resolve_model(key) if key is not None else model
+            resolved = self._models.get(key, key) if key is not None else model
             with self.wrapped.override(model=resolved, **overrides):
                 yield
         finally:

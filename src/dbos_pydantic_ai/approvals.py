@@ -261,6 +261,7 @@ _launched_clients: weakref.WeakKeyDictionary[Any, DBOSClient] = weakref.WeakKeyD
 @contextmanager
 def _connect(database_url: str | None) -> Iterator[_Connection]:
     """Connect to the launched DBOS's system database (`database_url=None`) or to `database_url`."""
+    engine: sa.Engine  # the launched DBOS's (an `OptionEngine`, a subclass) or one opened here
     if database_url is None:
         from .agent import dbos_launched
 

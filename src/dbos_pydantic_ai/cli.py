@@ -143,6 +143,7 @@ def render_event(event: object) -> str:
         FunctionToolResultEvent,
         PartDeltaEvent,
         PartStartEvent,
+        RetryPromptPart,
         TextPart,
         TextPartDelta,
     )
@@ -157,7 +158,7 @@ def render_event(event: object) -> str:
         return f"\n[tool call] {event.part.tool_name}({event.part.args_as_json_str()})\n"
     if isinstance(event, FunctionToolResultEvent):
         part = event.part
-        content = part.model_response_str() if hasattr(part, "model_response_str") else str(part.content)
+        content = str(part.content) if isinstance(part, RetryPromptPart) else part.model_response_str()
         return f"[tool result] {part.tool_name}: {content}\n"
     if isinstance(event, Superseded):
         return f"\n[model request retried: the text from offset {event.discard_from} on is void]\n"

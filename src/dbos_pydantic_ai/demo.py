@@ -28,15 +28,19 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from rich.console import Console
 from rich.panel import Panel
 from rich.table import Table
+
+if TYPE_CHECKING:
+    from dbos import WorkflowHandle
+    from pydantic_ai.run import AgentRunResult
 
 __all__ = ["DemoError", "DemoOptions", "DemoResult", "StepReport", "check_model", "run_demo", "worker_main"]
 
@@ -125,8 +129,9 @@ def scripted_support_model(messages: list[Any], info: Any) -> Any:
     """
     from pydantic_ai.messages import ModelResponse, TextPart, ToolCallPart, ToolReturnPart
 
+    # `content` is typed as whatever a tool may return; both tools of the demo return a dict.
     returns = {
-        part.tool_name: part.content
+        part.tool_name: cast(dict[str, Any], part.content)
         for message in messages
         for part in getattr(message, "parts", [])
         if isinstance(part, ToolReturnPart)
@@ -451,7 +456,9 @@ def _report(step_id: int | None, name: str, entries: list[dict[str, Any]], *, re
     )
 
 
-def _step_reports(steps: list[dict[str, Any]], log: list[dict[str, Any]], *, relaunched: bool) -> list[StepReport]:
+def _step_reports(
+    steps: Sequence[Mapping[str, Any]], log: list[dict[str, Any]], *, relaunched: bool
+) -> list[StepReport]:
     """Join the workflow's steps (from the database) with the log's executions, by step id.
 
     Executions logged outside any step (a tool that is not durable) follow, one row per call: nothing
@@ -552,7 +559,7 @@ def _collect(workflow_id: str, database_url: str, workdir: Path, killed: bool) -
 
     client = DBOSClient(system_database_url=database_url)
     try:
-        handle = client.retrieve_workflow(workflow_id)
+        handle: WorkflowHandle[AgentRunResult[Any]] = client.retrieve_workflow(workflow_id)
         status = handle.get_status().status
         output = str(handle.get_result().output) if status == "SUCCESS" else None
         steps = client.list_workflow_steps(workflow_id, load_output=False)

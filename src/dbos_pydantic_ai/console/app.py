@@ -360,6 +360,7 @@ def event_json(offset: int, event: Any) -> dict[str, Any]:
         PartDeltaEvent,
         PartEndEvent,
         PartStartEvent,
+        RetryPromptPart,
         TextPart,
         TextPartDelta,
         ThinkingPart,
@@ -417,7 +418,8 @@ def event_json(offset: int, event: Any) -> dict[str, Any]:
         )
     elif isinstance(event, FunctionToolResultEvent):
         result = event.part
-        content = result.model_response_str() if hasattr(result, "model_response_str") else result.model_response()
+        # Typed a ToolReturnPart; a RetryPromptPart (the deprecated way to report a retry) has `model_response()`.
+        content = result.model_response() if isinstance(result, RetryPromptPart) else result.model_response_str()
         data.update(kind="tool_result", tool_name=result.tool_name, content=content, tool_call_id=result.tool_call_id)
     elif isinstance(event, FinalResultEvent):
         data.update(kind="final_result", tool_name=event.tool_name, tool_call_id=event.tool_call_id)

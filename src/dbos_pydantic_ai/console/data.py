@@ -274,7 +274,7 @@ class ConsoleData:
             )
         query = query.order_by(ws.c.created_at.desc(), ws.c.workflow_uuid.desc()).limit(limit + 1)
         with self._engine.connect() as connection:
-            rows = [tuple(row) for row in connection.execute(query)]
+            rows = connection.execute(query).all()
         next_cursor = encode_cursor(rows[limit - 1][1], rows[limit - 1][0]) if len(rows) > limit else None
         ids = [row[0] for row in rows[:limit]]
         return self.summaries(ids), next_cursor
