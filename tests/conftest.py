@@ -17,6 +17,7 @@ import sqlalchemy as sa
 from dbos import DBOS
 
 from dbos_pydantic_ai import dbos_config
+from run_modes import RunMode
 
 POSTGRES_SERVER_URL = os.environ.get("DBOS_PAI_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432")
 REQUIRE_POSTGRES = os.environ.get("CI", "").lower() == "true" or os.environ.get("DBOS_PAI_REQUIRE_POSTGRES") == "1"
@@ -86,3 +87,9 @@ def launch_dbos(database_url: str) -> Iterator[Callable[[], None]]:
 
     yield launch
     DBOS.destroy()
+
+
+@pytest.fixture(params=["async", "sync"])
+def run_mode(request: pytest.FixtureRequest) -> RunMode:
+    """`await agent.run()` or `agent.run_sync()` (run it with `run_modes.run_in_mode`)."""
+    return request.param

@@ -8,14 +8,13 @@ DBOS use SQLite and PostgreSQL, through `await durable.run()` and `durable.run_s
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterable, AsyncIterator, Callable
-from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from functools import partial
+from typing import Any
 
 import pytest
-from dbos import DBOS, SetWorkflowID
+from dbos import DBOS
 from pydantic_ai import (
     Agent,
     AgentStreamEvent,
@@ -28,31 +27,17 @@ from pydantic_ai import (
 )
 from pydantic_ai.messages import ModelMessage, TextPart, TextPartDelta, ToolCallPart, ToolReturnPart
 from pydantic_ai.models.function import AgentInfo, DeltaToolCall, DeltaToolCalls, FunctionModel
-from pydantic_ai.run import AgentRunResult
 
 from dbos_pydantic_ai import DBOSAgent
 from dbos_pydantic_ai.agent import dbos_launched
+from run_modes import RunMode, run_in_mode
 
-RunMode = Literal["async", "sync"]
 PART_EVENTS = (PartStartEvent, PartDeltaEvent, PartEndEvent)
 TOOL_EVENTS = (FunctionToolCallEvent, FunctionToolResultEvent)
 ANSWER_CHUNKS = ["It is ", "sunny ", "in Paris."]
 
 
-@pytest.fixture(params=["async", "sync"])
-def run_mode(request: pytest.FixtureRequest) -> RunMode:
-    """`await durable.run()` or `durable.run_sync()`."""
-    return request.param
-
-
-async def run_agent(
-    agent: DBOSAgent[Any, Any] | Agent[Any, Any], mode: RunMode, workflow_id: str | None = None, **kwargs: Any
-) -> AgentRunResult[Any]:
-    """One run (under `workflow_id` if given); `run_sync` goes to a thread, where no event loop is running."""
-    with SetWorkflowID(workflow_id) if workflow_id else nullcontext():
-        if mode == "async":
-            return await agent.run("Weather in Paris?", **kwargs)
-        return await asyncio.to_thread(agent.run_sync, "Weather in Paris?", **kwargs)
+run_agent = partial(run_in_mode, prompt="Weather in Paris?")
 
 
 @dataclass

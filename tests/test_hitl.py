@@ -9,12 +9,11 @@ without repeating the first run's model requests. Every test runs on SQLite and 
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any
 
 import pytest
-from dbos import DBOS, SetWorkflowID
+from dbos import DBOS
 from pydantic_ai import (
     Agent,
     ApprovalRequired,
@@ -29,25 +28,9 @@ from pydantic_ai.models.function import AgentInfo, FunctionModel
 from pydantic_ai.run import AgentRunResult
 
 from dbos_pydantic_ai import DBOSAgent, StepConfig
+from run_modes import RunMode, run_in_mode
 
-RunMode = Literal["async", "sync"]
 RETRYING: StepConfig = {"retries_allowed": True, "max_attempts": 3, "interval_seconds": 0}
-
-
-@pytest.fixture(params=["async", "sync"])
-def run_mode(request: pytest.FixtureRequest) -> RunMode:
-    """`await durable.run()` or `durable.run_sync()`."""
-    return request.param
-
-
-async def run_durable(
-    durable: DBOSAgent[Any, Any], mode: RunMode, workflow_id: str, prompt: str | None = None, **kwargs: Any
-) -> AgentRunResult[Any]:
-    """One durable run under `workflow_id`; `run_sync` goes to a thread, where no event loop is running."""
-    with SetWorkflowID(workflow_id):
-        if mode == "async":
-            return await durable.run(prompt, **kwargs)
-        return await asyncio.to_thread(durable.run_sync, prompt, **kwargs)
 
 
 async def step_names(workflow_id: str) -> list[str]:
@@ -97,7 +80,7 @@ async def test_approval_required_tool_ends_run_then_approved_continuation_runs_i
     durable = DBOSAgent(agent, durable_tools=durable_tools)
     launch_dbos()
 
-    first = await run_durable(durable, run_mode, "wf-ask", "Clean up the report")
+    first = await run_in_mode(durable, run_mode, "wf-ask", "Clean up the report")
     requests = deferred(first)
     assert [(call.tool_name, call.args) for call in requests.approvals] == [
         ("delete_file", {"path": "/tmp/report.txt"})
@@ -106,7 +89,7 @@ async def test_approval_required_tool_ends_run_then_approved_continuation_runs_i
     assert await step_names("wf-ask") == [f"{agent_name}__model.request"]
 
     call_id = requests.approvals[0].tool_call_id
-    second = await run_durable(
+    second = await run_in_mode(
         durable,
         run_mode,
         "wf-approved",
@@ -148,9 +131,9 @@ async def test_denied_tool_is_not_run_and_model_sees_the_denial(
     durable = DBOSAgent(agent)
     launch_dbos()
 
-    first = await run_durable(durable, run_mode, "wf-ask", "Clean up the report")
+    first = await run_in_mode(durable, run_mode, "wf-ask", "Clean up the report")
     call_id = deferred(first).approvals[0].tool_call_id
-    second = await run_durable(
+    second = await run_in_mode(
         durable,
         run_mode,
         "wf-denied",
@@ -192,7 +175,7 @@ async def test_tool_raising_approval_required(
     durable = DBOSAgent(agent, durable_tools=durable_tools, tool_step_config=RETRYING)
     launch_dbos()
 
-    first = await run_durable(durable, run_mode, "wf-ask", "Pay the invoice")
+    first = await run_in_mode(durable, run_mode, "wf-ask", "Pay the invoice")
     requests = deferred(first)
     call_id = requests.approvals[0].tool_call_id
     assert requests.metadata == {call_id: {"reason": "large transfer", "amount": 5000}}
@@ -208,7 +191,7 @@ async def test_tool_raising_approval_required(
     else:
         assert await step_names("wf-ask") == [f"{agent_name}__model.request"]
 
-    second = await run_durable(
+    second = await run_in_mode(
         durable,
         run_mode,
         "wf-approved",
@@ -243,7 +226,7 @@ async def test_tool_raising_call_deferred_gets_its_result_from_the_continuation(
     durable = DBOSAgent(agent, durable_tools=durable_tools, tool_step_config=RETRYING)
     launch_dbos()
 
-    first = await run_durable(durable, run_mode, "wf-ask", "Check Ada")
+    first = await run_in_mode(durable, run_mode, "wf-ask", "Check Ada")
     requests = deferred(first)
     assert [(call.tool_name, call.args) for call in requests.calls] == [("background_check", {"person": "Ada"})]
     assert requests.approvals == []
@@ -255,7 +238,7 @@ async def test_tool_raising_call_deferred_gets_its_result_from_the_continuation(
         assert steps[-1]["function_name"] == f"{agent_name}__tool.background_check"
         assert isinstance(steps[-1]["error"], CallDeferred)
 
-    second = await run_durable(
+    second = await run_in_mode(
         durable,
         run_mode,
         "wf-result",

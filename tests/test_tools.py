@@ -11,10 +11,11 @@ import random
 import time
 from collections import Counter
 from collections.abc import Callable
-from typing import Any, Literal
+from functools import partial
+from typing import Any
 
 import pytest
-from dbos import DBOS, SetWorkflowID
+from dbos import DBOS
 from pydantic_ai import Agent, ModelRetry
 from pydantic_ai.messages import (
     ModelMessage,
@@ -25,28 +26,14 @@ from pydantic_ai.messages import (
     ToolReturnPart,
 )
 from pydantic_ai.models.function import AgentInfo, FunctionModel
-from pydantic_ai.run import AgentRunResult
 
 from dbos_pydantic_ai import DBOSAgent, DBOSParallelExecutionMode, StepConfig
+from run_modes import RunMode, run_in_mode
 
-RunMode = Literal["async", "sync"]
 RETRYING: StepConfig = {"retries_allowed": True, "max_attempts": 3, "interval_seconds": 0}
 
 
-@pytest.fixture(params=["async", "sync"])
-def run_mode(request: pytest.FixtureRequest) -> RunMode:
-    """`await durable.run()` or `durable.run_sync()`."""
-    return request.param
-
-
-async def run_durable(
-    durable: DBOSAgent[Any, Any], mode: RunMode, workflow_id: str, prompt: str = "go", **kwargs: Any
-) -> AgentRunResult[Any]:
-    """One durable run under `workflow_id`; `run_sync` goes to a thread, where no event loop is running."""
-    with SetWorkflowID(workflow_id):
-        if mode == "async":
-            return await durable.run(prompt, **kwargs)
-        return await asyncio.to_thread(durable.run_sync, prompt, **kwargs)
+run_durable = partial(run_in_mode, prompt="go")
 
 
 async def steps_of(workflow_id: str) -> list[dict[str, Any]]:
