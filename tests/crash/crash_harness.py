@@ -30,11 +30,11 @@ WAIT_SECONDS = 90.0  # generous: a shared 2-core machine can be slow to start Py
 class WorkerProcess:
     """One worker process, started in a new session (its own process group)."""
 
-    def __init__(self, args: list[str], log_path: Path, cwd: Path) -> None:
+    def __init__(self, args: list[str], log_path: Path, cwd: Path, script: Path = WORKER_SCRIPT) -> None:
         self.log_path = log_path
         with open(log_path, "wb") as log:
             self.process = subprocess.Popen(
-                [sys.executable, str(WORKER_SCRIPT), *args],
+                [sys.executable, str(script), *args],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
@@ -87,14 +87,16 @@ class CrashRun:
         self.workers.append(worker)
         return worker
 
-    def wait_until(self, condition: Callable[[], bool], what: str, worker: WorkerProcess) -> None:
-        """Poll `condition` until true; fail early, with the worker's log, if the worker exits first."""
+    def wait_until(self, condition: Callable[[], bool], what: str, *workers: WorkerProcess) -> None:
+        """Poll `condition` until true; fail early, with the worker's log, if one of `workers` exits first."""
         deadline = time.monotonic() + WAIT_SECONDS
         while not condition():
-            if worker.exited():
-                pytest.fail(f"worker exited ({worker.process.returncode}) before {what}:\n{worker.log_tail()}")
+            for worker in workers:
+                if worker.exited():
+                    pytest.fail(f"worker exited ({worker.process.returncode}) before {what}:\n{worker.log_tail()}")
             if time.monotonic() > deadline:
-                pytest.fail(f"timed out after {WAIT_SECONDS:.0f}s waiting for {what}:\n{worker.log_tail()}")
+                logs = "\n".join(f"{worker.log_path.name}:\n{worker.log_tail()}" for worker in workers)
+                pytest.fail(f"timed out after {WAIT_SECONDS:.0f}s waiting for {what}:\n{logs}")
             time.sleep(0.05)
 
     def wait_for_output(self, worker: WorkerProcess) -> Any:
