@@ -42,6 +42,7 @@ from pydantic_ai.toolsets import AbstractToolset, FunctionToolset
 
 from ._serialization import ensure_serializable
 from ._steps import in_workflow
+from ._sync_loop import run_on_shared_loop
 from .approvals import timeout_seconds, wait_for_decisions
 from .config import StepConfig, validate_step_config
 from .model import DBOSModel
@@ -322,7 +323,7 @@ class DBOSAgent(WrapperAgent[AgentDepsT, OutputDataT]):
 
         def run_sync_workflow(user_prompt: Any = None, **inputs: Any) -> AgentRunResult[Any]:
             with self._durable_run(inputs) as run_args, recorded_run(inputs.get(_STREAM_EVENTS, False)):
-                return self.wrapped.run_sync(user_prompt, **run_args)
+                return run_on_shared_loop(self.wrapped.run(user_prompt, **run_args))
 
         self._run_workflow = DBOS.workflow(name=f"{agent_name}.run")(run_workflow)
         self._run_sync_workflow = DBOS.workflow(name=f"{agent_name}.run_sync")(run_sync_workflow)
@@ -480,7 +481,11 @@ class DBOSAgent(WrapperAgent[AgentDepsT, OutputDataT]):
         infer_name: bool = True,
         **run_args: Any,
     ) -> AgentRunResult[Any]:
-        """Run the agent as the durable workflow `{name}.run_sync`: one workflow, no async wrapper around it."""
+        """Run the agent as the durable workflow `{name}.run_sync`: one workflow, no async wrapper around it.
+
+        The run itself goes to an event loop that every durable `run_sync` of the process shares, so runs on
+        several threads at once share a provider's HTTP client safely (see `_sync_loop.py`).
+        """
         if not dbos_launched():
             return self.wrapped.run_sync(
                 user_prompt,

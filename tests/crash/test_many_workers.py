@@ -104,19 +104,25 @@ def test_queue_spreads_runs_over_workers(crash_run: Callable[..., CrashRun], mod
     assert sorted(run.lines("tools.log")) == sorted(expected)  # each run's tool ran once, on the worker that took it
 
 
-def test_one_worker_runs_queued_async_runs_concurrently(crash_run: Callable[..., CrashRun]) -> None:
-    """The docs' async recipe with `worker_concurrency=4`: one worker runs several agent runs at once, all correct.
+@MODES
+def test_one_worker_runs_queued_runs_concurrently(crash_run: Callable[..., CrashRun], mode: str) -> None:
+    """The docs' recipe with `worker_concurrency=4`: one worker runs several agent runs at once, all correct.
 
     The first model request is held; the other three runs can only finish meanwhile if the worker runs them
-    concurrently. (The sync recipe is not run this way: the docs warn that it fails with several runs at once.)
+    concurrently. In sync mode DBOS runs them on threads of its own: `run_sync` must not give each an event loop
+    of its own, or they share the provider's HTTP client across loops and fail.
     """
     script = [{"tool_calls": [{"name": "read_prompt"}]}, {"text": "Answer to: {tool_result}"}]
-    run = crash_run("concurrent", "async", script, delay_turns={0})
+    run = crash_run("concurrent", mode, script, delay_turns={0})
     worker = launch(run, "worker-1", "--concurrency", "4")
     run.wait_until(lambda: (run.workdir / "ready-worker-1").exists(), "the worker to register the queue", worker)
 
     prompts = [f"question {index}" for index in range(4)]
-    options: EnqueueOptions = {"queue_name": "agent_runs", "workflow_name": "answer_async", "app_version": APP_VERSION}
+    options: EnqueueOptions = {
+        "queue_name": "agent_runs",
+        "workflow_name": answer_workflow(mode),
+        "app_version": APP_VERSION,
+    }
     ids = [run.client.enqueue(options, prompt).get_workflow_id() for prompt in prompts]
 
     def succeeded() -> int:
