@@ -61,6 +61,17 @@ def wait_ready(run: CrashRun, *workers: WorkerProcess) -> None:
     run.wait_until(lambda: all(path.exists() for path in ready), "both workers to register the queue", *workers)
 
 
+def enqueue_runs(run: CrashRun, mode: str, count: int = 4) -> tuple[list[str], list[str]]:
+    """Enqueue `count` runs of the recipe's workflow from outside the workers: their prompts and workflow ids."""
+    prompts = [f"question {index}" for index in range(count)]
+    options: EnqueueOptions = {
+        "queue_name": "agent_runs",
+        "workflow_name": answer_workflow(mode),
+        "app_version": APP_VERSION,
+    }
+    return prompts, [run.client.enqueue(options, prompt).get_workflow_id() for prompt in prompts]
+
+
 @MODES
 def test_queue_spreads_runs_over_workers(crash_run: Callable[..., CrashRun], mode: str) -> None:
     """Runs enqueued from outside are spread over the workers, each run executed once, by one worker.
@@ -73,13 +84,7 @@ def test_queue_spreads_runs_over_workers(crash_run: Callable[..., CrashRun], mod
     workers = [launch(run, "worker-1"), launch(run, "worker-2")]
     wait_ready(run, *workers)
 
-    prompts = [f"question {index}" for index in range(4)]
-    options: EnqueueOptions = {
-        "queue_name": "agent_runs",
-        "workflow_name": answer_workflow(mode),
-        "app_version": APP_VERSION,
-    }
-    ids = [run.client.enqueue(options, prompt).get_workflow_id() for prompt in prompts]
+    prompts, ids = enqueue_runs(run, mode)
 
     def finished() -> list[WorkflowStatus]:
         return [status for status in map(run.status, ids) if status.status == "SUCCESS"]
@@ -117,13 +122,7 @@ def test_one_worker_runs_queued_runs_concurrently(crash_run: Callable[..., Crash
     worker = launch(run, "worker-1", "--concurrency", "4")
     run.wait_until(lambda: (run.workdir / "ready-worker-1").exists(), "the worker to register the queue", worker)
 
-    prompts = [f"question {index}" for index in range(4)]
-    options: EnqueueOptions = {
-        "queue_name": "agent_runs",
-        "workflow_name": answer_workflow(mode),
-        "app_version": APP_VERSION,
-    }
-    ids = [run.client.enqueue(options, prompt).get_workflow_id() for prompt in prompts]
+    prompts, ids = enqueue_runs(run, mode)
 
     def succeeded() -> int:
         return sum(run.status(workflow_id).status == "SUCCESS" for workflow_id in ids)
