@@ -51,7 +51,6 @@ from .streams import (
     durable_streamed_run,
     record_model_events,
     record_run_events,
-    recorded_run,
     recorded_run_async,
 )
 from .tools import DBOSFunctionToolset, ToolCallOrder, durable_tool_names, is_dbos_function
@@ -322,8 +321,8 @@ class DBOSAgent(WrapperAgent[AgentDepsT, OutputDataT]):
                     return await self.wrapped.run(user_prompt, **run_args)
 
         def run_sync_workflow(user_prompt: Any = None, **inputs: Any) -> AgentRunResult[Any]:
-            with self._durable_run(inputs) as run_args, recorded_run(inputs.get(_STREAM_EVENTS, False)):
-                return run_on_shared_loop(self.wrapped.run(user_prompt, **run_args))
+            # The same run, on the event loop that every durable run_sync of the process shares (_sync_loop.py).
+            return run_on_shared_loop(run_workflow(user_prompt, **inputs))
 
         self._run_workflow = DBOS.workflow(name=f"{agent_name}.run")(run_workflow)
         self._run_sync_workflow = DBOS.workflow(name=f"{agent_name}.run_sync")(run_sync_workflow)

@@ -24,7 +24,7 @@ import dataclasses
 import os
 import uuid
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Literal, TypeAlias
 
@@ -234,7 +234,7 @@ def record_run_events(inner: EventStreamHandler[Any] | None) -> EventStreamHandl
 
 @asynccontextmanager
 async def recorded_run_async(enabled: bool) -> AsyncIterator[None]:
-    """Around an async run workflow: close the stream when the run ends, so readers stop at once."""
+    """Around a run workflow's body: close the stream when the run ends, so readers stop at once."""
     if not enabled:
         yield
         return
@@ -244,20 +244,6 @@ async def recorded_run_async(enabled: bool) -> AsyncIterator[None]:
         await DBOS.close_stream_async(STREAM_KEY)
         raise
     await DBOS.close_stream_async(STREAM_KEY)
-
-
-@contextmanager
-def recorded_run(enabled: bool) -> Any:
-    """`recorded_run_async` for the sync run workflow."""
-    if not enabled:
-        yield
-        return
-    try:
-        yield
-    except Exception:
-        DBOS.close_stream(STREAM_KEY)
-        raise
-    DBOS.close_stream(STREAM_KEY)
 
 
 # --- Reading --------------------------------------------------------------------------------------
