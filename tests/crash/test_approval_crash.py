@@ -34,28 +34,13 @@ SCRIPT = [
 DENIAL = "Refunds over 15 need a manager."
 
 
-class ApprovalWorker(WorkerProcess):
-    """A worker process running `approval_wait_worker.py` (the harness's `WorkerProcess` runs `worker.py`)."""
-
-    def __init__(self, args: list[str], log_path: Path, cwd: Path) -> None:
-        self.log_path = log_path
-        with open(log_path, "wb") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, str(APPROVAL_WORKER), *args],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                cwd=cwd,
-                start_new_session=True,
-            )
-
-
 def launch(run: CrashRun, phase: str) -> WorkerProcess:
     args = [
         *("--mode", run.mode, "--phase", phase, "--database-url", run.database_url),
         *("--port", str(run.server.port), "--workdir", str(run.workdir), "--workflow-id", run.workflow_id),
     ]
-    process = ApprovalWorker(args, run.workdir / f"worker-{len(run.workers) + 1}-{phase}.log", run.workdir)
+    log = run.workdir / f"worker-{len(run.workers) + 1}-{phase}.log"
+    process = WorkerProcess(args, log, run.workdir, script=APPROVAL_WORKER)
     run.workers.append(process)  # killed at teardown
     return process
 
