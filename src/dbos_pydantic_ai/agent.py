@@ -569,7 +569,7 @@ class DBOSAgent(WrapperAgent[AgentDepsT, OutputDataT]):
         token = self._model_override.set(key)
         try:
             # A registered key means its model: the wrapped agent knows no keys ('fast' is no model name).
-            resolved = self._models.get(key, key) if key is not None else model
+            resolved = self._resolve_model(key) or model
             with self.wrapped.override(model=resolved, **overrides):
                 yield
         finally:
