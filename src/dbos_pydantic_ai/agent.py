@@ -40,9 +40,9 @@ from pydantic_ai.run import AgentRun, AgentRunResult
 from pydantic_ai.tools import AgentDepsT, DeferredToolRequests, DeferredToolResults, RunContext
 from pydantic_ai.toolsets import AbstractToolset, FunctionToolset
 
+from ._durable_loop import run_on_durable_loop
 from ._serialization import ensure_serializable
 from ._steps import in_workflow
-from ._sync_loop import run_on_shared_loop
 from .approvals import timeout_seconds, wait_for_decisions
 from .config import StepConfig, validate_step_config
 from .model import DBOSModel
@@ -321,8 +321,8 @@ class DBOSAgent(WrapperAgent[AgentDepsT, OutputDataT]):
                     return await self.wrapped.run(user_prompt, **run_args)
 
         def run_sync_workflow(user_prompt: Any = None, **inputs: Any) -> AgentRunResult[Any]:
-            # The same run, on the event loop that every durable run_sync of the process shares (_sync_loop.py).
-            return run_on_shared_loop(run_workflow(user_prompt, **inputs))
+            # The same run, on the process's durable loop, where its model and MCP requests go anyway.
+            return run_on_durable_loop(run_workflow(user_prompt, **inputs))
 
         self._run_workflow = DBOS.workflow(name=f"{agent_name}.run")(run_workflow)
         self._run_sync_workflow = DBOS.workflow(name=f"{agent_name}.run_sync")(run_sync_workflow)
@@ -482,8 +482,8 @@ class DBOSAgent(WrapperAgent[AgentDepsT, OutputDataT]):
     ) -> AgentRunResult[Any]:
         """Run the agent as the durable workflow `{name}.run_sync`: one workflow, no async wrapper around it.
 
-        The run itself goes to an event loop that every durable `run_sync` of the process shares, so runs on
-        several threads at once share a provider's HTTP client safely (see `_sync_loop.py`).
+        The run itself goes to the process's durable loop, where every durable run sends its model and MCP
+        requests, so runs on several threads at once share a provider's HTTP client safely (`_durable_loop.py`).
         """
         if not dbos_launched():
             return self.wrapped.run_sync(

@@ -4,6 +4,9 @@ Inside a workflow, listing tools, calling a tool and reading the server's instru
 DBOS step named `{agent}__mcp_server__{toolset_id}.{get_tools|call_tool|get_instructions}`. The
 session is opened lazily inside the first step that needs it and closed when the run ends, so a
 recovered run whose steps all replay from the database never connects at all.
+
+The session belongs to the MCP toolset, which every run of the process shares, so it is opened, used and closed on
+the process's durable loop (`_durable_loop.py`), whatever loop a run is on.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from pydantic_ai.tools import RunContext, ToolDefinition
 from pydantic_ai.toolsets import AbstractToolset, WrapperToolset
 from pydantic_ai.toolsets.abstract import ToolsetTool
 
+from ._durable_loop import on_durable_loop
 from ._steps import in_workflow, run_reserved_step, run_step, step_options
 from .config import StepConfig
 from .tools import ToolCallOrder
@@ -71,32 +75,32 @@ class DBOSMCPToolset(WrapperToolset[Any]):
     async def __aexit__(self, *args: Any) -> bool | None:
         if self._entered:
             self._entered = False
-            return await self.wrapped.__aexit__(*args)
+            return await on_durable_loop(self.wrapped.__aexit__(*args))
         return None
 
     async def _connect(self) -> None:
         if not self._entered:
-            await self.wrapped.__aenter__()
+            await on_durable_loop(self.wrapped.__aenter__())
             self._entered = True
 
     async def get_tools(self, ctx: RunContext[Any]) -> dict[str, ToolsetTool[Any]]:
         if not in_workflow():
             await self._connect()
-            return await self.wrapped.get_tools(ctx)
+            return await on_durable_loop(self.wrapped.get_tools(ctx))
         tool_defs = await run_step(self._get_tools_options, self._tool_definitions, ctx)
         return {tool_def.name: self.mcp.tool_for_tool_def(tool_def, ctx=ctx) for tool_def in tool_defs}
 
     async def _tool_definitions(self, ctx: RunContext[Any]) -> list[ToolDefinition]:
         # A ToolsetTool holds a validator and the toolset itself; only the definitions are stored.
         await self._connect()
-        return [tool.tool_def for tool in (await self.wrapped.get_tools(ctx)).values()]
+        return [tool.tool_def for tool in (await on_durable_loop(self.wrapped.get_tools(ctx))).values()]
 
     async def call_tool(
         self, name: str, tool_args: dict[str, Any], ctx: RunContext[Any], tool: ToolsetTool[Any]
     ) -> Any:
         if not in_workflow():
             await self._connect()
-            return await self.wrapped.call_tool(name, tool_args, ctx, tool)
+            return await on_durable_loop(self.wrapped.call_tool(name, tool_args, ctx, tool))
         if self.order is None:
             return await run_step(self._call_tool_options, self._call_tool, name, tool_args, ctx, tool)
         reservation = await self.order.reserve_step()
@@ -108,19 +112,19 @@ class DBOSMCPToolset(WrapperToolset[Any]):
         self, name: str, tool_args: dict[str, Any], ctx: RunContext[Any], tool: ToolsetTool[Any]
     ) -> Any:
         await self._connect()
-        return await self.wrapped.call_tool(name, tool_args, ctx, tool)
+        return await on_durable_loop(self.wrapped.call_tool(name, tool_args, ctx, tool))
 
     async def get_instructions(self, ctx: RunContext[Any]) -> InstructionPart | None:
         if not self.mcp.include_instructions:
             return None
         if not in_workflow():
             await self._connect()
-            return await self.mcp.get_instructions(ctx)
+            return await on_durable_loop(self.mcp.get_instructions(ctx))
         return await run_step(self._instructions_options, self._instructions, ctx)
 
     async def _instructions(self, ctx: RunContext[Any]) -> InstructionPart | None:
         await self._connect()
-        return await self.mcp.get_instructions(ctx)
+        return await on_durable_loop(self.mcp.get_instructions(ctx))
 
     def visit_and_replace(self, visitor: Any) -> AbstractToolset[Any]:
         # Already wrapped for this run: wrapping again would double the steps.

@@ -2,12 +2,13 @@
 
 Inside a workflow, `DBOSModel.request` and `DBOSModel.request_stream` each run as one DBOS step: the
 response is checkpointed, so a recovered run gets it back from the database instead of paying for
-the request again. Outside a workflow the model is the wrapped model, unchanged.
+the request again. The request itself is sent from the process's durable loop (`_durable_loop.py`), where the
+model's HTTP client lives whatever loop the run is on. Outside a workflow the model is the wrapped model, unchanged.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -18,6 +19,7 @@ from pydantic_ai.models.wrapper import WrapperModel
 from pydantic_ai.settings import ModelSettings
 from pydantic_ai.tools import RunContext
 
+from ._durable_loop import on_durable_loop, relay_from_durable_loop
 from ._steps import in_workflow, run_step, step_options
 from .config import StepConfig, validate_step_config
 
@@ -55,9 +57,15 @@ class DBOSModel(WrapperModel):
     ) -> ModelResponse:
         if not in_workflow():
             return await self.wrapped.request(messages, model_settings, model_request_parameters)
-        return await run_step(
-            self._request_options, self.wrapped.request, messages, model_settings, model_request_parameters
-        )
+        return await run_step(self._request_options, self._request, messages, model_settings, model_request_parameters)
+
+    async def _request(
+        self,
+        messages: list[ModelMessage],
+        model_settings: ModelSettings | None,
+        model_request_parameters: ModelRequestParameters,
+    ) -> ModelResponse:
+        return await on_durable_loop(self.wrapped.request(messages, model_settings, model_request_parameters))
 
     @asynccontextmanager
     async def request_stream(
@@ -90,16 +98,21 @@ class DBOSModel(WrapperModel):
         model_request_parameters: ModelRequestParameters,
         run_context: RunContext[Any] | None,
     ) -> ModelResponse:
-        async with self.wrapped.request_stream(
-            messages, model_settings, model_request_parameters, run_context
-        ) as stream:
-            if self.event_stream_handler is not None and run_context is not None:
-                await self.event_stream_handler(run_context, _events(stream))
-            async for _ in stream:  # drain whatever the handler did not read
-                pass
-            return stream.get()
+        """Stream the response on the durable loop; the handler gets its events live on the run's own loop."""
+
+        async def produce(emit: Callable[[ModelResponseStreamEvent], Awaitable[None]]) -> ModelResponse:
+            async with self.wrapped.request_stream(
+                messages, model_settings, model_request_parameters, run_context
+            ) as stream:
+                async for event in stream:
+                    await emit(event)
+                return stream.get()
+
+        handler = self.event_stream_handler
+        if handler is None or run_context is None:
+            return await on_durable_loop(produce(_drop))
+        return await relay_from_durable_loop(produce, lambda events: handler(run_context, events))
 
 
-async def _events(stream: StreamedResponse) -> AsyncIterator[ModelResponseStreamEvent]:
-    async for event in stream:
-        yield event
+async def _drop(event: ModelResponseStreamEvent) -> None:
+    """Consumes the events of a streamed request that nobody listens to."""
