@@ -34,7 +34,7 @@ from pydantic_ai.agent import AbstractAgent, EventStreamHandler, WrapperAgent
 from pydantic_ai.capabilities import AbstractCapability
 from pydantic_ai.exceptions import UserError
 from pydantic_ai.messages import AgentStreamEvent, PartDeltaEvent, PartEndEvent, PartStartEvent
-from pydantic_ai.models import Model
+from pydantic_ai.models import Model, parse_model_id
 from pydantic_ai.output import OutputDataT
 from pydantic_ai.run import AgentRun, AgentRunResult
 from pydantic_ai.tools import AgentDepsT, DeferredToolRequests, DeferredToolResults, RunContext
@@ -103,6 +103,16 @@ def _mcp_toolset_class() -> type[MCPToolset[Any]] | None:
     """
     module = sys.modules.get("pydantic_ai.mcp")
     return getattr(module, "MCPToolset", None)
+
+
+def _known_provider(provider_name: str) -> bool:
+    from pydantic_ai.providers import infer_provider_class
+
+    try:
+        infer_provider_class(provider_name)
+    except ValueError:
+        return False
+    return True
 
 
 def dbos_launched() -> bool:
@@ -371,7 +381,11 @@ class DBOSAgent(WrapperAgent[AgentDepsT, OutputDataT]):
 
     def _model_key(self, chosen: Model | str | None) -> str | None:
         """A registered key or a model name for `chosen`; None for the agent's own model."""
-        if chosen is None or isinstance(chosen, str):
+        if chosen is None:
+            return None
+        if isinstance(chosen, str):
+            if chosen not in self._models:
+                self._check_model_name(chosen)
             return chosen
         if chosen is self.wrapped.model:
             return None
@@ -383,6 +397,22 @@ class DBOSAgent(WrapperAgent[AgentDepsT, OutputDataT]):
                 "then pass `model='fast'` (or the same instance), or pass a model name such as 'openai:gpt-5'."
             )
         return key
+
+    def _check_model_name(self, name: str) -> None:
+        """Refuse, before a workflow starts, a string that is neither a registered key nor a model name.
+
+        Only the name's form and provider are checked (as pydantic-ai does before it builds a model): building the
+        model here would need the provider's credentials in every process that starts runs.
+        """
+        provider_name, _ = parse_model_id(name)
+        if name == "test" or (provider_name is not None and _known_provider(provider_name)):
+            return
+        registered = f"registered keys: {sorted(self._models)}" if self._models else "no models are registered"
+        raise UserError(
+            f"Model {name!r} is neither registered with DBOSAgent {self.name!r} ({registered}) nor a model name "
+            "of the form 'provider:model' with a provider pydantic-ai knows. Pass a full name such as "
+            "'openai:gpt-5', or register the model: `DBOSAgent(agent, models={'fast': model})`."
+        )
 
     def _resolve_model(self, model: str | None) -> Model | str | None:
         if model is None:
