@@ -127,3 +127,40 @@ async def test_async_sync_queued_resumed_and_forked_runs_at_once(
     }
     errors = await DBOS.list_workflows_async(status="ERROR", load_input=False, load_output=False)
     assert errors == []
+
+
+async def test_cancelling_a_run_cancels_its_request_on_the_durable_loop(
+    agent_name: str, launch_dbos: Callable[[], None]
+) -> None:
+    """The request runs on another loop, yet cancelling the run's task stops it there too: nothing is left behind."""
+    from dbos_pydantic_ai._durable_loop import durable_loop
+
+    held = ScriptedOpenAIServer(SCRIPT, delay_turns=[0]).start()
+    try:
+        model = OpenAIChatModel("gpt-test", provider=OpenAIProvider(base_url=held.base_url, api_key="test"))
+        durable = DBOSAgent(Agent(model, name=agent_name))
+        launch_dbos()
+        with SetWorkflowID(f"{agent_name}-cancelled"):
+            run = asyncio.create_task(durable.run("hello"))
+        deadline = time.monotonic() + 30
+        while held.received(0) == 0 and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        assert held.received(0) == 1
+
+        run.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await run
+
+        def requests_left() -> set[asyncio.Task[Any]]:
+            return asyncio.run_coroutine_threadsafe(_tasks_of_the_loop(), durable_loop()).result(10)
+
+        deadline = time.monotonic() + 10
+        while requests_left() and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        assert requests_left() == set()
+    finally:
+        held.close()
+
+
+async def _tasks_of_the_loop() -> set[asyncio.Task[Any]]:
+    return asyncio.all_tasks() - {asyncio.current_task()}  # type: ignore[operator]
