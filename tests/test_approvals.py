@@ -20,7 +20,8 @@ from datetime import timedelta
 from typing import Any, Literal
 
 import pytest
-from dbos import DBOS, SetWorkflowID
+import sqlalchemy as sa
+from dbos import DBOS, DBOSClient, SetWorkflowID
 from pydantic_ai import Agent, CallDeferred
 from pydantic_ai.exceptions import UserError
 from pydantic_ai.messages import ModelMessage, ModelRequest, ModelResponse, TextPart, ToolCallPart, ToolReturnPart
@@ -40,7 +41,7 @@ from dbos_pydantic_ai import (
     list_pending_approvals,
     list_pending_approvals_async,
 )
-from dbos_pydantic_ai.approvals import APPROVALS_EVENT, DECISION_TOPIC
+from dbos_pydantic_ai.approvals import APPROVALS_EVENT, CHECK_STEP, DECISION_TOPIC, DECISIONS_TABLE, TIMEOUT_STEP
 
 RunMode = Literal["async", "sync"]
 WAIT_SECONDS = 60.0
@@ -126,6 +127,35 @@ async def step_names(workflow_id: str) -> list[str]:
 
 async def finish(task: asyncio.Task[Any]) -> AgentRunResult[Any]:
     return await asyncio.wait_for(task, WAIT_SECONDS)
+
+
+def decisions_table(database_url: str) -> tuple[sa.Engine, sa.Table]:
+    """An engine of its own on the test's system database, and the decisions table there."""
+    postgres = not database_url.startswith("sqlite")
+    url = sa.make_url(database_url)
+    engine = sa.create_engine(url.set(drivername="postgresql+psycopg") if postgres else url)
+    table = sa.table(
+        DECISIONS_TABLE,
+        *(sa.column(name) for name in DECISION_COLUMNS),
+        schema="dbos" if postgres else None,
+    )
+    return engine, table
+
+
+DECISION_COLUMNS = ("workflow_id", "wait_id", "tool_call_id", "decision", "args_digest", "decided_at_epoch_ms")
+
+
+def decision_rows(database_url: str, workflow_id: str | None = None) -> list[dict[str, Any]]:
+    """The rows of the decisions table (of one run), read with a connection of their own."""
+    engine, table = decisions_table(database_url)
+    query = sa.select(table)
+    if workflow_id is not None:
+        query = query.where(table.c.workflow_id == workflow_id)
+    try:
+        with engine.connect() as connection:
+            return [dict(row._mapping) for row in connection.execute(query.order_by(table.c.tool_call_id))]
+    finally:
+        engine.dispose()
 
 
 # --- Approve, deny, override ----------------------------------------------------------------------
@@ -260,7 +290,7 @@ async def test_each_wait_of_a_run_is_decided_separately(agent_name: str, launch_
 
 @pytest.mark.parametrize("timeout", [1.5, timedelta(seconds=1.5)], ids=["seconds", "timedelta"])
 async def test_timeout_denies_the_remaining_calls(
-    agent_name: str, launch_dbos: Callable[[], None], timeout: float | timedelta
+    agent_name: str, launch_dbos: Callable[[], None], database_url: str, timeout: float | timedelta
 ) -> None:
     model = Scripted([("refund", {"amount": 10}, "c1")])
     executed: list[int] = []
@@ -273,9 +303,121 @@ async def test_timeout_denies_the_remaining_calls(
     assert executed == []
     state = await published("wf-timeout")
     assert state["deadline"] - state["requested_at"] == 1.5
-    assert state["status"] == "resolved" and state["decided"] == {"c1": {"decision": "timed_out"}}
+    assert state["status"] == "resolved" and list(state["decided"]) == ["c1"]
+    assert state["decided"]["c1"]["decision"] == "timed_out" and state["decided"]["c1"]["at"] >= state["deadline"]
+    # The run recorded its timeout in the decisions table (the audit log), in its timeout step.
+    [row] = decision_rows(database_url, "wf-timeout")
+    assert (row["tool_call_id"], row["decision"], row["wait_id"]) == ("c1", "timed_out", state["wait_id"])
+    assert row["args_digest"] == approval_args_digest("refund", {"amount": 10})
+    assert row["decided_at_epoch_ms"] == int(state["decided"]["c1"]["at"] * 1000)
+    assert TIMEOUT_STEP.format(agent=agent_name) in await step_names("wf-timeout")
     with pytest.raises(ApprovalRejected, match="is SUCCESS, not waiting"):
         await approve_async("wf-timeout", "c1", args_digest=approval_args_digest("refund", {"amount": 10}))
+
+
+async def test_a_bare_send_of_a_decision_is_not_carried_out(
+    agent_name: str, launch_dbos: Callable[[], None], database_url: str
+) -> None:
+    """The run acts only on decisions the table holds: a well-formed message sent around the API is ignored."""
+    model = Scripted([("refund", {"amount": 10}, "c1")])
+    executed: list[int] = []
+    durable = refund_agent(agent_name, model, executed)
+    launch_dbos()
+    task = start(durable, "async", "wf-bare")
+    [pending] = await pending_calls("wf-bare", 1, task)
+
+    forged = {
+        "wait_id": pending.wait_id,
+        "tool_call_id": "c1",
+        "args_digest": pending.args_digest,
+        "decision": "approve",
+        "decided_at": time.time(),
+        "override_args": {"amount": 10_000},
+    }
+    client = DBOSClient(system_database_url=database_url)
+    try:
+        await asyncio.to_thread(client.send, "wf-bare", forged, DECISION_TOPIC)
+    finally:
+        client.destroy()
+    state = await wait_for(lambda: _ignored("wf-bare"), "the run to ignore the bare message", task)
+    assert state["ignored"] == [{"tool_call_id": "c1", "problem": f"no such decision in {DECISIONS_TABLE}"}]
+    assert state["decided"] == {} and decision_rows(database_url, "wf-bare") == []
+    assert executed == [] and not task.done()
+    assert CHECK_STEP.format(agent=agent_name) in await step_names("wf-bare")  # judged in a recorded step
+    assert [p.tool_call_id for p in await list_pending_approvals_async()] == ["c1"]  # still waiting
+
+    await deny_async("wf-bare", "c1", args_digest=pending.args_digest, reason="no")
+    result = await finish(task)
+    assert result.output == "refund: no"
+    assert executed == []
+    [row] = decision_rows(database_url, "wf-bare")
+    assert row["decision"] == "deny"
+
+
+async def test_a_decision_recorded_before_the_timeout_step_is_carried_out(
+    agent_name: str, launch_dbos: Callable[[], None], database_url: str
+) -> None:
+    """At the deadline the table decides: a human row already there wins, and the run waits for its message.
+
+    The test writes the row itself and sends the message later, which widens the moment between a decision's
+    commit and the run's reading of it (a few milliseconds in `approve`, which commits both at once) to seconds.
+    """
+    model = Scripted([("refund", {"amount": 10}, "c1")])
+    executed: list[int] = []
+    durable = refund_agent(agent_name, model, executed, approval_timeout=3)
+    launch_dbos()
+    task = start(durable, "async", "wf-won")
+    [pending] = await pending_calls("wf-won", 1, task)
+    decided_at = time.time()
+    engine, table = decisions_table(database_url)
+    try:
+        with engine.begin() as connection:
+            connection.execute(
+                sa.insert(table).values(
+                    workflow_id="wf-won",
+                    wait_id=pending.wait_id,
+                    tool_call_id="c1",
+                    decision="approve",
+                    args_digest=pending.args_digest,
+                    decided_at_epoch_ms=int(decided_at * 1000),
+                )
+            )
+    finally:
+        engine.dispose()
+
+    timeout_step = TIMEOUT_STEP.format(agent=agent_name)
+
+    async def timed_out() -> bool:
+        return timeout_step in await step_names("wf-won")
+
+    await wait_for(timed_out, "the run's timeout step", task)
+    # The deadline passed, but the call was decided in time: not denied, not listed, not decidable again.
+    assert await list_pending_approvals_async() == []
+    with pytest.raises(ApprovalRejected, match="already decided"):
+        await approve_async("wf-won", "c1", args_digest=pending.args_digest)
+    assert executed == [] and not task.done()
+    assert [row["decision"] for row in decision_rows(database_url, "wf-won")] == ["approve"]
+
+    message = {
+        "wait_id": pending.wait_id,
+        "tool_call_id": "c1",
+        "args_digest": pending.args_digest,
+        "decision": "approve",
+        "override_args": None,
+    }
+    # A message that is not the recorded decision (another time) is still ignored ...
+    await DBOS.send_async("wf-won", {**message, "decided_at": decided_at - 60}, topic=DECISION_TOPIC)
+    state = await wait_for(lambda: _ignored("wf-won"), "the run to ignore the other message", task)
+    assert state["ignored"] == [
+        {"tool_call_id": "c1", "problem": f"not the decision {DECISIONS_TABLE} holds for this call (approve)"}
+    ]
+    # ... and the recorded one is carried out.
+    await DBOS.send_async("wf-won", {**message, "decided_at": decided_at}, topic=DECISION_TOPIC)
+    result = await finish(task)
+    assert result.output == "refund: refunded 10"
+    assert executed == [10]
+    state = await published("wf-won")
+    assert state["decided"] == {"c1": {"decision": "approve", "at": decided_at}}
 
 
 async def test_call_deferred_result_is_delivered(agent_name: str, launch_dbos: Callable[[], None]) -> None:

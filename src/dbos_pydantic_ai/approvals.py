@@ -6,11 +6,15 @@ publishes the pending calls as a DBOS event and waits for decisions with `DBOS.r
 are checkpointed. A worker killed while waiting is recovered waiting; a decision sent while no worker
 runs is kept in the database until the run reads it.
 
-A decision is bound to its run, its wait, its tool call id and a digest of the arguments the human
-saw, and is accepted once: the sender checks it against the published state, then, in one
-transaction, records it in the `dbos_pai_approval_decisions` table (whose primary key refuses a
-second decision for the same call) and sends it to the run with DBOS's `send_in_transaction`. The
-run checks each message again and ignores (and records) one that does not match.
+The `dbos_pai_approval_decisions` table is the single arbiter of every call, and the audit log. Its
+primary key (run, wait, tool call id) admits one row per call: a human's decision (`approve`, `deny`,
+`result`) or the run's own `timed_out`. A decision is checked against the published state and the
+recorded deadline, then inserted, and sent to the run with DBOS's `send_in_transaction`, in one
+transaction. The run acts on a message only if the table holds its row (checked in a recorded step),
+and at the deadline it inserts `timed_out` rows for the calls still open, in a recorded step, with
+`ON CONFLICT DO NOTHING`: a human decision that got its row in first wins and is carried out (its
+message is already committed), and one that comes second is refused. So a decision and the timeout
+never both win, and a decision the API accepted is the one the run carries out.
 
 The decision API (`list_pending_approvals`, `approve`, `deny`, `deliver_result` and their `_async`
 twins) works in the worker process (the launched DBOS) or from any process that has the database URL.
@@ -23,17 +27,19 @@ import hashlib
 import json
 import time
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import sqlalchemy as sa
 from dbos import DBOS, DBOSClient
 from pydantic_ai.exceptions import ToolFailed, UserError
 from pydantic_ai.messages import ToolCallPart
 from pydantic_ai.tools import DeferredToolRequests, DeferredToolResults, ToolApproved, ToolDenied
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from .config import _sqlite_path, redact_url
 
@@ -56,11 +62,21 @@ APPROVALS_EVENT = "dbos_pydantic_ai.approvals"
 DECISION_TOPIC = "dbos_pydantic_ai.approval_decision"
 """The DBOS message topic on which a waiting run receives decisions."""
 DECISIONS_TABLE = "dbos_pai_approval_decisions"
+"""The table of decisions, one row per call and wait: the arbiter between humans and the timeout, and the audit log."""
+WAIT_STEP = "{agent}__approvals.wait"
+"""The step that records when a wait began (the deadline counts from it) and names the wait (its step id)."""
+CHECK_STEP = "{agent}__approvals.check"
+"""The step that reads the table's row for a received decision: the run acts only on recorded decisions."""
+TIMEOUT_STEP = "{agent}__approvals.timeout"
+"""The step, at the deadline, that records `timed_out` for the calls still open and reads back every row of the wait."""
+TIMED_OUT = "timed_out"
+"""The decision the run records for a call nobody decided before the deadline."""
 
 # Without a timeout the run waits in chunks (each a recorded `DBOS.recv`), so no timer is ever huge.
 _INDEFINITE_WAIT_CHUNK_SECONDS = 7 * 24 * 3600.0
 
 PendingKind = Literal["approval", "external", "question"]
+T = TypeVar("T")
 
 
 class ApprovalRejected(UserError):
@@ -145,6 +161,21 @@ def _message_problem(message: Any, wait_id: int, pending: dict[str, dict[str, An
     return None
 
 
+def _unrecorded_problem(message: dict[str, Any], row: dict[str, Any] | None) -> str | None:
+    """Why a well-formed decision is not the one the decisions table holds for its call, or None when it is."""
+    if row is None:
+        return f"no such decision in {DECISIONS_TABLE}"
+    decided_at = message.get("decided_at")
+    decided_at_ms = int(decided_at * 1000) if isinstance(decided_at, int | float) else None
+    if (row["decision"], row["args_digest"], row["decided_at_epoch_ms"]) != (
+        message["decision"],
+        message["args_digest"],
+        decided_at_ms,
+    ):
+        return f"not the decision {DECISIONS_TABLE} holds for this call ({row['decision']})"
+    return None
+
+
 async def wait_for_decisions(
     agent_name: str, requests: DeferredToolRequests, *, timeout: float | None
 ) -> DeferredToolResults:
@@ -155,7 +186,7 @@ async def wait_for_decisions(
     """
     workflow_id = DBOS.workflow_id
     assert workflow_id is not None, "approvals wait only inside a workflow"
-    started = await DBOS.run_step_async({"name": f"{agent_name}__approvals.wait"}, _wait_started)
+    started = await DBOS.run_step_async({"name": WAIT_STEP.format(agent=agent_name)}, _wait_started)
     wait_id: int = started["wait_id"]
     deadline = None if timeout is None else started["at"] + timeout
     entries = [
@@ -178,23 +209,50 @@ async def wait_for_decisions(
     await DBOS.set_event_async(APPROVALS_EVENT, state)
 
     results = DeferredToolResults()
+    # Once the deadline has passed: every row of this wait, as the timeout step read them back.
+    rows_at_deadline: dict[str, dict[str, Any]] | None = None
     while pending:
         # The timeout of a live recv is recorded by DBOS at its first wait; a replayed recv returns its message.
-        wait = _INDEFINITE_WAIT_CHUNK_SECONDS if deadline is None else max(0.0, deadline - time.time())
+        if deadline is None or rows_at_deadline is not None:
+            wait = _INDEFINITE_WAIT_CHUNK_SECONDS
+        else:
+            wait = max(0.0, deadline - time.time())
         message = await DBOS.recv_async(DECISION_TOPIC, timeout_seconds=wait)
         if message is None:
-            if deadline is None:
+            if deadline is None or rows_at_deadline is not None:
                 continue
+            assert timeout is not None
+            rows_at_deadline = await DBOS.run_step_async(
+                {"name": TIMEOUT_STEP.format(agent=agent_name)},
+                _time_out_open_calls,
+                workflow_id,
+                wait_id,
+                [(call_id, entry["args_digest"]) for call_id, entry in pending.items()],
+            )
             reason = f"No decision on this tool call arrived within {timeout:g} seconds; it was not run."
-            for call_id, entry in pending.items():
-                if entry["kind"] == "approval":
+            for call_id in list(pending):
+                row = rows_at_deadline.get(call_id)
+                if row is None or row["decision"] != TIMED_OUT:
+                    # A human's decision got its row first: it wins, and its message is already committed.
+                    continue
+                if pending.pop(call_id)["kind"] == "approval":
                     results.approvals[call_id] = ToolDenied(reason)
                 else:
                     results.calls[call_id] = ToolFailed(reason)
-                state["decided"][call_id] = {"decision": "timed_out"}
-            pending.clear()
-            break
+                state["decided"][call_id] = {"decision": TIMED_OUT, "at": row["decided_at_epoch_ms"] / 1000}
+            if pending:
+                await DBOS.set_event_async(APPROVALS_EVENT, state)
+            continue
         problem = _message_problem(message, wait_id, pending)
+        if problem is None:
+            call_id = message["tool_call_id"]
+            if rows_at_deadline is not None:
+                row = rows_at_deadline.get(call_id)
+            else:
+                row = await DBOS.run_step_async(
+                    {"name": CHECK_STEP.format(agent=agent_name)}, _recorded_decision, workflow_id, wait_id, call_id
+                )
+            problem = _unrecorded_problem(message, row)
         if problem is not None:
             state["ignored"].append({"tool_call_id": message.get("tool_call_id"), "problem": problem})
             await DBOS.set_event_async(APPROVALS_EVENT, state)
@@ -217,6 +275,112 @@ async def wait_for_decisions(
     return results
 
 
+# --- The decisions table ------------------------------------------------------------------------
+
+
+def _decisions_table(schema: str | None) -> sa.Table:
+    return sa.Table(
+        DECISIONS_TABLE,
+        sa.MetaData(schema=schema),
+        sa.Column("workflow_id", sa.Text, primary_key=True),
+        sa.Column("wait_id", sa.Integer, primary_key=True),
+        sa.Column("tool_call_id", sa.Text, primary_key=True),
+        sa.Column("decision", sa.Text, nullable=False),  # approve, deny, result or timed_out
+        sa.Column("args_digest", sa.Text, nullable=False),
+        sa.Column("decided_at_epoch_ms", sa.BigInteger, nullable=False),
+    )
+
+
+def _create_decisions_table(engine: sa.Engine, table: sa.Table) -> None:
+    try:
+        with engine.begin() as connection:
+            table.create(connection, checkfirst=True)
+    except (sa.exc.IntegrityError, sa.exc.ProgrammingError, sa.exc.OperationalError):
+        # Another process created it at the same time; anything else fails on first use.
+        pass
+
+
+_launched_tables: weakref.WeakKeyDictionary[Any, sa.Table] = weakref.WeakKeyDictionary()
+
+
+def _launched_decisions() -> tuple[Any, sa.Table]:
+    """The launched DBOS's system database and the decisions table there (created at first use)."""
+    from dbos._dbos import _get_dbos_instance
+
+    sys_db = _get_dbos_instance()._sys_db
+    table = _launched_tables.get(sys_db)
+    if table is None:
+        table = _decisions_table(sys_db.schema)
+        _create_decisions_table(sys_db.engine, table)
+        _launched_tables[sys_db] = table
+    return sys_db, table
+
+
+def _row_dict(row: Any) -> dict[str, Any]:
+    return {"decision": row.decision, "args_digest": row.args_digest, "decided_at_epoch_ms": row.decided_at_epoch_ms}
+
+
+def _wait_rows(connection: sa.Connection, table: sa.Table, workflow_id: str, wait_id: int) -> dict[str, dict[str, Any]]:
+    """Every decision recorded for one wait, by tool call id."""
+    rows = connection.execute(
+        sa.select(table.c.tool_call_id, table.c.decision, table.c.args_digest, table.c.decided_at_epoch_ms).where(
+            table.c.workflow_id == workflow_id, table.c.wait_id == wait_id
+        )
+    )
+    return {row.tool_call_id: _row_dict(row) for row in rows}
+
+
+async def _recorded_decision(workflow_id: str, wait_id: int, tool_call_id: str) -> dict[str, Any] | None:
+    """Recorded as a step: the table's row for one call, so a replay judges a message as the first run did."""
+
+    def read() -> dict[str, Any] | None:
+        sys_db, table = _launched_decisions()
+        with sys_db.engine.connect() as connection:
+            return _wait_rows(connection, table, workflow_id, wait_id).get(tool_call_id)
+
+    return await asyncio.to_thread(_with_db_retry, read)
+
+
+async def _time_out_open_calls(
+    workflow_id: str, wait_id: int, calls: list[tuple[str, str]]
+) -> dict[str, dict[str, Any]]:
+    """Recorded as a step: insert `timed_out` for each call that has no row yet, then read back every row of the wait.
+
+    `ON CONFLICT DO NOTHING` leaves a human's row in place: the insert waits for (PostgreSQL) or is
+    serialized with (SQLite, `BEGIN IMMEDIATE`) a decision being committed, so exactly one side wins.
+    """
+
+    def record() -> dict[str, dict[str, Any]]:
+        sys_db, table = _launched_decisions()
+        now_ms = int(time.time() * 1000)
+        values = [
+            {
+                "workflow_id": workflow_id,
+                "wait_id": wait_id,
+                "tool_call_id": call_id,
+                "decision": TIMED_OUT,
+                "args_digest": digest,
+                "decided_at_epoch_ms": now_ms,
+            }
+            for call_id, digest in calls
+        ]
+        insert = postgresql_insert if sys_db.engine.dialect.name == "postgresql" else sqlite_insert
+        with sys_db.engine.begin() as connection:
+            if values:
+                connection.execute(insert(table).values(values).on_conflict_do_nothing())
+            return _wait_rows(connection, table, workflow_id, wait_id)
+
+    return await asyncio.to_thread(_with_db_retry, record)
+
+
+def _with_db_retry(func: Callable[[], T]) -> T:
+    """`func()`, retried as DBOS retries its own database calls: a lost connection blocks it until it is back."""
+    from dbos._dbos import _get_dbos_instance
+    from dbos._sys_db import db_retry
+
+    return db_retry(sys_db=_get_dbos_instance()._sys_db)(func)()
+
+
 # --- The decision side: any process with the database ------------------------------------------
 
 
@@ -227,19 +391,6 @@ class _Connection:
     client: DBOSClient
     engine: sa.Engine
     table: sa.Table
-
-
-def _decisions_table(schema: str | None) -> sa.Table:
-    return sa.Table(
-        DECISIONS_TABLE,
-        sa.MetaData(schema=schema),
-        sa.Column("workflow_id", sa.Text, primary_key=True),
-        sa.Column("wait_id", sa.Integer, primary_key=True),
-        sa.Column("tool_call_id", sa.Text, primary_key=True),
-        sa.Column("decision", sa.Text, nullable=False),
-        sa.Column("args_digest", sa.Text, nullable=False),
-        sa.Column("decided_at_epoch_ms", sa.BigInteger, nullable=False),
-    )
 
 
 def _sqlite_engine(url: str) -> sa.Engine:
@@ -298,14 +449,12 @@ def _connect(database_url: str | None) -> Iterator[_Connection]:
                 f"No DBOS system database at {redact_url(database_url)!r} ({type(error).__name__}). "
                 "Pass the URL your workers give DBOS, once one of them has launched."
             ) from error
-    table = _decisions_table(schema)
     try:
-        try:
-            with engine.begin() as connection:
-                table.create(connection, checkfirst=True)
-        except (sa.exc.IntegrityError, sa.exc.ProgrammingError, sa.exc.OperationalError):
-            # Another process created it at the same time; anything else fails on first use below.
-            pass
+        if owned:
+            table = _decisions_table(schema)
+            _create_decisions_table(engine, table)
+        else:
+            table = _launched_decisions()[1]
         yield _Connection(client, engine, table)
     finally:
         if owned:
@@ -318,20 +467,22 @@ def _published_state(connection: _Connection, workflow_id: str) -> dict[str, Any
     return state if isinstance(state, dict) and state.get("version") == 1 else None
 
 
-def _recorded_decisions(connection: _Connection, workflow_id: str, wait_id: int) -> set[str]:
-    table = connection.table
+def _recorded_decisions(connection: _Connection, workflow_id: str, wait_id: int) -> dict[str, dict[str, Any]]:
     with connection.engine.connect() as conn:
-        rows = conn.execute(
-            sa.select(table.c.tool_call_id).where(table.c.workflow_id == workflow_id, table.c.wait_id == wait_id)
-        )
-        return {row[0] for row in rows}
+        return _wait_rows(conn, connection.table, workflow_id, wait_id)
 
 
-def _pending_from_state(state: dict[str, Any], recorded: set[str]) -> list[PendingApproval]:
-    def when(epoch: float | None) -> datetime | None:
-        return None if epoch is None else datetime.fromtimestamp(epoch, tz=UTC)
+def _utc(epoch: float | None) -> datetime | None:
+    return None if epoch is None else datetime.fromtimestamp(epoch, tz=UTC)
 
-    requested_at = when(state["requested_at"])
+
+def _expired(state: dict[str, Any]) -> bool:
+    """Whether the wait's recorded deadline has passed (by this process's clock)."""
+    return state["deadline"] is not None and time.time() >= state["deadline"]
+
+
+def _pending_from_state(state: dict[str, Any], recorded: dict[str, Any]) -> list[PendingApproval]:
+    requested_at = _utc(state["requested_at"])
     assert requested_at is not None
     return [
         PendingApproval(
@@ -344,7 +495,7 @@ def _pending_from_state(state: dict[str, Any], recorded: set[str]) -> list[Pendi
             requested_at=requested_at,
             kind=entry["kind"],
             metadata=entry["metadata"],
-            deadline=when(state["deadline"]),
+            deadline=_utc(state["deadline"]),
             wait_id=state["wait_id"],
         )
         for entry in state["calls"]
@@ -376,6 +527,8 @@ def list_pending_approvals(
                 continue
             if agent_name is not None and state["agent_name"] != agent_name:
                 continue
+            if _expired(state):
+                continue  # past its deadline: no decision is accepted any more, the run denies the calls
             recorded = _recorded_decisions(connection, status.workflow_id, state["wait_id"])
             pending.extend(_pending_from_state(state, recorded))
     return sorted(pending, key=lambda p: (p.requested_at, p.workflow_id))
@@ -407,8 +560,14 @@ def _decide(
                 f"Run {workflow_id!r} is not waiting for tool call {tool_call_id!r} (it waits for {waiting_for})."
             )
         wait_id: int = state["wait_id"]
-        if tool_call_id in state["decided"] or tool_call_id in _recorded_decisions(connection, workflow_id, wait_id):
+        row = _recorded_decisions(connection, workflow_id, wait_id).get(tool_call_id)
+        decided = row["decision"] if row is not None else state["decided"].get(tool_call_id, {}).get("decision")
+        if decided == TIMED_OUT:
+            raise ApprovalRejected(_too_late(workflow_id, entry, state["deadline"], timed_out=True))
+        if decided is not None:
             raise ApprovalRejected(f"Tool call {tool_call_id!r} of run {workflow_id!r} was already decided.")
+        if _expired(state):
+            raise ApprovalRejected(_too_late(workflow_id, entry, state["deadline"], timed_out=False))
         if args_digest != entry["args_digest"]:
             raise ApprovalRejected(
                 f"The arguments of tool call {tool_call_id!r} are not the ones this decision was made on "
@@ -429,8 +588,10 @@ def _decide(
             **payload,
         }
         table = connection.table
-        with connection.engine.begin() as conn:
-            try:
+        inserted = False
+        try:
+            with connection.engine.begin() as conn:
+                # The row is the arbiter: a second decision, or the run's `timed_out`, got there first if this fails.
                 conn.execute(
                     table.insert().values(
                         workflow_id=workflow_id,
@@ -441,17 +602,37 @@ def _decide(
                         decided_at_epoch_ms=int(decided_at * 1000),
                     )
                 )
-            except sa.exc.IntegrityError:
-                raise ApprovalRejected(
-                    f"Tool call {tool_call_id!r} of run {workflow_id!r} was already decided."
-                ) from None
-            connection.client.send_in_transaction(
-                conn,
-                workflow_id,
-                message,
-                DECISION_TOPIC,
-                idempotency_key=f"dbos_pai_decision:{wait_id}:{tool_call_id}",
-            )
+                inserted = True
+                connection.client.send_in_transaction(
+                    conn,
+                    workflow_id,
+                    message,
+                    DECISION_TOPIC,
+                    idempotency_key=f"dbos_pai_decision:{wait_id}:{tool_call_id}",
+                )
+        except sa.exc.IntegrityError:
+            if inserted:
+                raise
+            row = _recorded_decisions(connection, workflow_id, wait_id).get(tool_call_id)
+            if row is not None and row["decision"] == TIMED_OUT:
+                raise ApprovalRejected(_too_late(workflow_id, entry, state["deadline"], timed_out=True)) from None
+            raise ApprovalRejected(f"Tool call {tool_call_id!r} of run {workflow_id!r} was already decided.") from None
+
+
+def _too_late(workflow_id: str, entry: dict[str, Any], deadline: float | None, *, timed_out: bool) -> str:
+    """Why a decision after the deadline is refused, naming the deadline."""
+    when = _utc(deadline)
+    passed = "its deadline passed" + (f" at {when.isoformat(timespec='milliseconds')} (UTC)" if when else "")
+    deny, denied = ("deny", "denied") if entry["kind"] == "approval" else ("fail", "failed")
+    if timed_out:
+        return (
+            f"Tool call {entry['tool_call_id']!r} of run {workflow_id!r} was not decided in time: {passed} "
+            f"and the run {denied} the call by timeout. Nothing was sent."
+        )
+    return (
+        f"Tool call {entry['tool_call_id']!r} of run {workflow_id!r} can no longer be decided: {passed}; "
+        f"the run will {deny} the call by timeout. Nothing was sent."
+    )
 
 
 def approve(
@@ -464,8 +645,9 @@ def approve(
 ) -> None:
     """Approve a pending call; the run executes it (with `override_args` instead of its arguments, if given).
 
-    Raises `ApprovalRejected` (and sends nothing) for an unknown run or call, a call already decided,
-    or an `args_digest` that is not the pending call's.
+    Raises `ApprovalRejected` (and records and sends nothing) for an unknown run or call, a call already
+    decided, an `args_digest` that is not the pending call's, or a call whose deadline has passed (the
+    message names it). Once it returns, the run carries the decision out, even at the deadline.
     """
     _decide(
         database_url,

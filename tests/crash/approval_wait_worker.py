@@ -2,11 +2,13 @@
 
     python approval_wait_worker.py --mode sync|async --phase start|recover
                                    --database-url URL --port PORT --workdir DIR --workflow-id ID
+                                   [--approval-timeout SECONDS]
 
 The agent (`DBOSAgent(..., approvals="wait")`, model on the test's scripted OpenAI server) has a tool
-`refund` that needs approval, run as a durable step. `start` starts the run under `--workflow-id`
-(`run_sync` or `await run`); `recover` only launches DBOS, which recovers the PENDING run, and waits
-for its result. The output lands in `DIR/output.json`; `tools.log` gets a line per refund executed and
+`refund` that needs approval, run as a durable step; `--approval-timeout` sets its `approval_timeout`
+(give both phases the same). `start` starts the run under `--workflow-id` (`run_sync` or `await run`);
+`recover` only launches DBOS, which recovers the PENDING run, and waits for its result. The output
+lands in `DIR/output.json`; `tools.log` gets a line per refund executed and
 `waiting.log` a line each time the run announces its pending calls (so once more after a recovery).
 """
 
@@ -40,7 +42,7 @@ async def record_waits(ctx: RunContext[Any], events: AsyncIterable[AgentStreamEv
             worker.append_line("waiting.log", " ".join(ids))
 
 
-def build_agent(port: int) -> DBOSAgent[None, str]:
+def build_agent(port: int, approval_timeout: float | None = None) -> DBOSAgent[None, str]:
     model = OpenAIChatModel("gpt-test", provider=OpenAIProvider(base_url=f"http://127.0.0.1:{port}/v1", api_key="test"))
     agent: Agent[None, str] = Agent(model, name=AGENT_NAME)
 
@@ -50,7 +52,13 @@ def build_agent(port: int) -> DBOSAgent[None, str]:
         worker.append_line("tools.log", f"refund {amount}")
         return f"refunded {amount}"
 
-    return DBOSAgent(agent, approvals="wait", durable_tools=["refund"], event_stream_handler=record_waits)
+    return DBOSAgent(
+        agent,
+        approvals="wait",
+        approval_timeout=approval_timeout,
+        durable_tools=["refund"],
+        event_stream_handler=record_waits,
+    )
 
 
 def main() -> None:
@@ -61,10 +69,11 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--workdir", type=Path, required=True)
     parser.add_argument("--workflow-id", required=True)
+    parser.add_argument("--approval-timeout", type=float, default=None)
     args = parser.parse_args()
     worker.WORKDIR = args.workdir
 
-    durable = build_agent(args.port)
+    durable = build_agent(args.port, args.approval_timeout)
     DBOS(
         config=dbos_config(
             "crash_approvals",
