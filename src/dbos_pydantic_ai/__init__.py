@@ -21,6 +21,7 @@ from .approvals import (
 from .config import StepConfig, dbos_config
 from .exceptions import DatabaseUnreachableError, NotSerializableError, StepFailedError
 from .model import DBOSModel
+from .retries import ModelRetryPolicy, continue_run, is_transient
 from .streams import (
     DurableRunEvents,
     DurableStreamedRun,
@@ -53,6 +54,7 @@ __all__ = [
     "DurableStreamedRun",
     "EventLog",
     "ModelRequestStarted",
+    "ModelRetryPolicy",
     "NotSerializableError",
     "PendingApproval",
     "StepConfig",
@@ -61,11 +63,13 @@ __all__ = [
     "approval_args_digest",
     "approve",
     "approve_async",
+    "continue_run",
     "dbos_config",
     "deliver_result",
     "deliver_result_async",
     "deny",
     "deny_async",
+    "is_transient",
     "list_pending_approvals",
     "list_pending_approvals_async",
     "read_events",

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -28,6 +29,9 @@ E = TypeVar("E")
 
 _lock = threading.Lock()
 _loop: asyncio.AbstractEventLoop | None = None
+# The loop's own pool for blocking calls (DNS lookups, ...). DBOS points the default executor of every loop it works
+# on at its own pool, which a `DBOS.destroy()` shuts down; the loop outlives DBOS, so each hop points it back here.
+_executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="dbos-pydantic-ai durable loop")
 
 
 def durable_loop() -> asyncio.AbstractEventLoop:
@@ -39,6 +43,12 @@ def durable_loop() -> asyncio.AbstractEventLoop:
             threading.Thread(target=loop.run_forever, name="dbos-pydantic-ai durable loop", daemon=True).start()
             _loop = loop
         return _loop
+
+
+async def _arrived(coro: Coroutine[Any, Any, T]) -> T:
+    """`coro`, once on the durable loop: with a default executor that is sure to be running."""
+    asyncio.get_running_loop().set_default_executor(_executor)
+    return await coro
 
 
 def _on_durable_loop_now() -> bool:
@@ -55,7 +65,7 @@ def run_on_durable_loop(coro: Coroutine[Any, Any, T]) -> T:
     If the wait is interrupted (KeyboardInterrupt in the main thread), the run is cancelled, as pydantic-ai's
     `run_sync` does.
     """
-    future = asyncio.run_coroutine_threadsafe(coro, durable_loop())
+    future = asyncio.run_coroutine_threadsafe(_arrived(coro), durable_loop())
     try:
         return future.result()
     except BaseException:
@@ -67,7 +77,7 @@ async def on_durable_loop(coro: Coroutine[Any, Any, T]) -> T:
     """Await `coro` on the durable loop, in a copy of the caller's context; cancelling the caller cancels it."""
     if _on_durable_loop_now():
         return await coro
-    return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, durable_loop()))
+    return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(_arrived(coro), durable_loop()))
 
 
 _END = object()
@@ -109,7 +119,7 @@ async def relay_from_durable_loop(
         produced: asyncio.Future[T] = asyncio.ensure_future(producer())
     else:
         # The result reaches this loop after every item emitted before it, so the end marker comes last.
-        produced = asyncio.wrap_future(asyncio.run_coroutine_threadsafe(producer(), there))
+        produced = asyncio.wrap_future(asyncio.run_coroutine_threadsafe(_arrived(producer()), there))
     produced.add_done_callback(lambda _: items.put_nowait(_END))
 
     ended = False

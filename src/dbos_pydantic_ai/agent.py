@@ -46,6 +46,7 @@ from ._steps import in_workflow
 from .approvals import timeout_seconds, wait_for_decisions
 from .config import StepConfig, validate_step_config
 from .model import DBOSModel
+from .retries import DEFAULT_MODEL_RETRY, ModelRetryPolicy
 from .streams import (
     durable_run_events,
     durable_streamed_run,
@@ -166,6 +167,7 @@ class _DurableRun(AbstractCapability[Any]):
                 step_name_prefix=self._agent.name,
                 step_config=self._agent._model_step_config,
                 event_stream_handler=self._event_stream_handler,
+                retry=self._agent._model_retry,
             )
         return wrapper
 
@@ -249,7 +251,11 @@ class DBOSAgent(WrapperAgent[AgentDepsT, OutputDataT]):
         event_stream_handler: Receives the run's events, in place of the agent's own handler. Model
             events arrive live from inside the model step; tool events from workflow code.
         mcp_step_config: Retry policy of MCP steps.
-        model_step_config: Retry policy of model request steps.
+        model_step_config: Retry policy of model request steps, as DBOS step retries inside one step. Given, it
+            replaces `model_retry`.
+        model_retry: How a model request that fails transiently (rate limit, provider unavailable, server error,
+            timeout, broken connection) is retried: durably, with backoff, for up to 15 minutes by default (see
+            `ModelRetryPolicy` and docs/retries.md). None fails the run at the first error.
         parallel_execution_mode: `'parallel_ordered_events'` (default) or `'sequential'`.
         models: Models a run may pick with `run(model=...)` or `override(model=...)`, by key or by
             instance. A recovered run finds its model here by key, so an instance must be registered.
@@ -281,6 +287,7 @@ class DBOSAgent(WrapperAgent[AgentDepsT, OutputDataT]):
         stream_events: bool = False,
         approvals: Literal["end", "wait"] = "end",
         approval_timeout: float | timedelta | None = None,
+        model_retry: ModelRetryPolicy | None = DEFAULT_MODEL_RETRY,
     ) -> None:
         super().__init__(wrapped)
         agent_name = name or wrapped.name
@@ -315,6 +322,9 @@ class DBOSAgent(WrapperAgent[AgentDepsT, OutputDataT]):
         self._event_stream_handler = event_stream_handler
         self._mcp_step_config = validate_step_config(mcp_step_config, argument="mcp_step_config")
         self._model_step_config = validate_step_config(model_step_config, argument="model_step_config")
+        if model_retry is not None and not isinstance(model_retry, ModelRetryPolicy):
+            raise UserError(f"`model_retry` takes a ModelRetryPolicy or None, not {model_retry!r}.")
+        self._model_retry = model_retry
         self._tool_step_config = validate_step_config(tool_step_config, argument="tool_step_config")
         self._stream_events = stream_events
         self._parallel_execution_mode = parallel_execution_mode

@@ -2,16 +2,20 @@
 
 Inside a workflow, `DBOSModel.request` and `DBOSModel.request_stream` each run as one DBOS step: the
 response is checkpointed, so a recovered run gets it back from the database instead of paying for
-the request again. The request itself is sent from the process's durable loop (`_durable_loop.py`), where the
-model's HTTP client lives whatever loop the run is on. Outside a workflow the model is the wrapped model, unchanged.
+the request again. A request that fails transiently is retried durably, one step per attempt, with a
+durable wait between them (`retries.py`). The request itself is sent from the process's durable loop
+(`_durable_loop.py`), where the model's HTTP client lives whatever loop the run is on. Outside a
+workflow the model is the wrapped model, unchanged.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Awaitable, Callable
+import logging
+from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
 from typing import Any
 
+from dbos import DBOS, StepOptions
 from pydantic_ai.agent import EventStreamHandler
 from pydantic_ai.messages import ModelMessage, ModelResponse, ModelResponseStreamEvent
 from pydantic_ai.models import CompletedStreamedResponse, Model, ModelRequestParameters, StreamedResponse
@@ -20,10 +24,22 @@ from pydantic_ai.settings import ModelSettings
 from pydantic_ai.tools import RunContext
 
 from ._durable_loop import on_durable_loop, relay_from_durable_loop
-from ._steps import in_workflow, run_step, step_options
+from ._steps import in_workflow, portable_exception, run_step, step_options
 from .config import StepConfig, validate_step_config
+from .retries import (
+    DEFAULT_MODEL_RETRY,
+    RETRY_EVENT,
+    FailedAttempt,
+    ModelRetryPolicy,
+    is_transient,
+    record_failure,
+    retry_state,
+)
+from .streams import attempt_of_request
 
 __all__ = ["DBOSModel"]
+
+logger = logging.getLogger(__name__)
 
 
 class DBOSModel(WrapperModel):
@@ -32,6 +48,9 @@ class DBOSModel(WrapperModel):
     Steps are named `{step_name_prefix}__model.request` and `{step_name_prefix}__model.request_stream`.
     A streamed request is drained inside its step; `event_stream_handler`, when given, receives the
     model's events live from inside the step, and the workflow then continues with the complete response.
+
+    `retry` is how a transient failure is retried (see `ModelRetryPolicy`); None fails at the first error.
+    A `step_config` replaces it: its requests are retried by DBOS inside one step, as that config says.
     """
 
     def __init__(
@@ -41,11 +60,13 @@ class DBOSModel(WrapperModel):
         step_name_prefix: str,
         step_config: StepConfig | None = None,
         event_stream_handler: EventStreamHandler[Any] | None = None,
+        retry: ModelRetryPolicy | None = DEFAULT_MODEL_RETRY,
     ) -> None:
         super().__init__(model)
         config = validate_step_config(step_config, argument="model_step_config")
         self.step_name_prefix = step_name_prefix
         self.event_stream_handler = event_stream_handler
+        self.retry = None if config else retry
         self._request_options = step_options(f"{step_name_prefix}__model.request", config)
         self._stream_options = step_options(f"{step_name_prefix}__model.request_stream", config)
 
@@ -57,7 +78,9 @@ class DBOSModel(WrapperModel):
     ) -> ModelResponse:
         if not in_workflow():
             return await self.wrapped.request(messages, model_settings, model_request_parameters)
-        return await run_step(self._request_options, self._request, messages, model_settings, model_request_parameters)
+        return await self._durably(
+            self._request_options, self._request, messages, model_settings, model_request_parameters
+        )
 
     async def _request(
         self,
@@ -81,7 +104,7 @@ class DBOSModel(WrapperModel):
             ) as stream:
                 yield stream
             return
-        response = await run_step(
+        response = await self._durably(
             self._stream_options,
             self._stream_to_completion,
             messages,
@@ -112,6 +135,63 @@ class DBOSModel(WrapperModel):
         if handler is None or run_context is None:
             return await on_durable_loop(produce(_drop))
         return await relay_from_durable_loop(produce, lambda events: handler(run_context, events))
+
+    # --- Retries (see retries.py) ----------------------------------------------------------------
+
+    async def _durably(
+        self, options: StepOptions, send: Callable[..., Coroutine[Any, Any, ModelResponse]], *args: Any
+    ) -> ModelResponse:
+        """Send the request in a step, and again after a durable wait while it fails transiently."""
+        policy = self.retry
+        if policy is None:
+            return await run_step(options, send, *args)
+        failure: FailedAttempt | None = None
+        while True:
+            outcome = await run_step(options, self._attempt, policy, failure, send, *args)
+            if not isinstance(outcome, FailedAttempt):
+                if failure is not None:
+                    await DBOS.set_event_async(RETRY_EVENT, retry_state(failure, state="recovered", next_try_at=None))
+                return outcome
+            failure = outcome
+            delay = policy.delay(failure, seed=f"{DBOS.workflow_id}:{failure.first_step_id}:{failure.attempt}")
+            next_try_at = failure.failed_at + delay
+            if next_try_at - failure.window_started_at > policy.horizon_seconds:
+                await DBOS.set_event_async(RETRY_EVENT, retry_state(failure, state="gave_up", next_try_at=None))
+                failure.error.add_note(
+                    f"dbos-pydantic-ai: the model request failed {failure.attempt} times over "
+                    f"{failure.failed_at - failure.window_started_at:.0f} s (retry horizon "
+                    f"{policy.horizon_seconds:g} s). After the outage, continue the run from this request with "
+                    "`dbos_pydantic_ai.continue_run(workflow_id)` or `dbos-pydantic-ai runs continue WORKFLOW_ID`."
+                )
+                raise failure.error
+            logger.warning(
+                "Model request of run %s failed (attempt %d, %s); retrying in %.1f s",
+                DBOS.workflow_id,
+                failure.attempt,
+                failure.describe(),
+                delay,
+            )
+            await DBOS.set_event_async(RETRY_EVENT, retry_state(failure, state="waiting", next_try_at=next_try_at))
+            await DBOS.sleep_async(delay)  # durable: a recovered run waits only for what is left
+
+    @staticmethod
+    async def _attempt(
+        policy: ModelRetryPolicy,
+        previous: FailedAttempt | None,
+        send: Callable[..., Coroutine[Any, Any, ModelResponse]],
+        *args: Any,
+    ) -> ModelResponse | FailedAttempt:
+        """One attempt, inside its step: a transient failure is its recorded result, any other error is raised."""
+        step_id = DBOS.step_id
+        assert step_id is not None, "an attempt runs inside its step"
+        # A retry's streamed events belong to the request's first step, so readers supersede the failed attempt's.
+        with attempt_of_request(previous.first_step_id if previous is not None else None):
+            try:
+                return await send(*args)
+            except Exception as error:
+                if not is_transient(error):
+                    raise
+                return record_failure(portable_exception(error), previous, step_id=step_id, policy=policy)
 
 
 async def _drop(event: ModelResponseStreamEvent) -> None:

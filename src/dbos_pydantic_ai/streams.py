@@ -23,8 +23,9 @@ import asyncio
 import dataclasses
 import os
 import uuid
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Literal, TypeAlias
 
@@ -138,6 +139,20 @@ def _merged(first: Any, second: Any) -> Any | None:
     return None
 
 
+_request_step_id: ContextVar[int | None] = ContextVar("dbos_pydantic_ai_request_step_id", default=None)
+
+
+@contextmanager
+def attempt_of_request(first_step_id: int | None) -> Iterator[None]:
+    """Inside a retry's step: its events belong to the request whose first attempt was step `first_step_id`, so
+    readers see a second attempt of that request and supersede the failed one (None: the step is the request)."""
+    token = _request_step_id.set(first_step_id)
+    try:
+        yield
+    finally:
+        _request_step_id.reset(token)
+
+
 class _StepWriter:
     """Writes one model request attempt's events from inside its step, in order, without blocking the model.
 
@@ -146,7 +161,7 @@ class _StepWriter:
     """
 
     def __init__(self) -> None:
-        step_id = DBOS.step_id
+        step_id = _request_step_id.get() or DBOS.step_id
         assert step_id is not None, "model events are recorded from inside the model request step"
         self._step_id = step_id
         self._attempt = uuid.uuid4().hex

@@ -10,6 +10,9 @@ Every request is counted per turn (received, and completed when the whole answer
 with `stats()` in-process or `GET /stats`. `delay_turns` holds the *first* request of those turns
 until `release()` or `close()`, so a test can kill the client while that request is in flight;
 `pause_mid_stream_turns` streams the first half of those turns' first (streamed) answer, then holds the rest.
+`outage` makes the server fail like a provider in an incident: from the first request of `outage.from_turn` on,
+every request is answered with each phase's HTTP status (and `Retry-After`) for that phase's seconds, then served
+again; failed answers are counted per turn and timed (`TurnStats.failed_at`).
 
 Standalone: `python openai_server.py script.json [--delay-turn N ...]` prints the port and serves.
 """
@@ -36,6 +39,23 @@ class TurnStats:
     received: int = 0
     completed: int = 0
     streamed: list[bool] = field(default_factory=list)
+    failed_at: list[float] = field(default_factory=list)
+    """When each request answered with an outage error arrived (time.time())."""
+
+
+@dataclass(frozen=True)
+class OutagePhase:
+    status: int
+    seconds: float
+    retry_after: float | None = None
+
+
+@dataclass(frozen=True)
+class Outage:
+    """Fail every request for the phases' seconds, starting at the first request of `from_turn`."""
+
+    from_turn: int
+    phases: tuple[OutagePhase, ...]
 
 
 class ScriptedOpenAIServer:
@@ -47,8 +67,11 @@ class ScriptedOpenAIServer:
         *,
         delay_turns: Collection[int] = (),
         pause_mid_stream_turns: Collection[int] = (),
+        outage: Outage | None = None,
     ) -> None:
         self.script = script
+        self._outage = outage
+        self._outage_started: float | None = None
         self._delay_turns = set(delay_turns)
         self._pause_mid_stream_turns = set(pause_mid_stream_turns)
         self._lock = threading.Lock()
@@ -83,7 +106,8 @@ class ScriptedOpenAIServer:
         """A snapshot of the per-turn counts."""
         with self._lock:
             return {
-                turn: TurnStats(s.received, s.completed, list(s.streamed)) for turn, s in sorted(self._turns.items())
+                turn: TurnStats(s.received, s.completed, list(s.streamed), list(s.failed_at))
+                for turn, s in sorted(self._turns.items())
             }
 
     def received(self, turn: int) -> int:
@@ -99,6 +123,24 @@ class ScriptedOpenAIServer:
             stats.received += 1
             stats.streamed.append(stream)
             return turn in self._delay_turns and stats.received == 1
+
+    def _outage_phase(self, turn: int) -> OutagePhase | None:
+        """The outage phase this request (just received) falls in, if any; counted as a failed answer."""
+        if self._outage is None:
+            return None
+        with self._lock:
+            now = time.monotonic()
+            if self._outage_started is None:
+                if turn != self._outage.from_turn:
+                    return None
+                self._outage_started = now
+            elapsed = now - self._outage_started
+            for phase in self._outage.phases:
+                if elapsed < phase.seconds:
+                    self._turns[turn].failed_at.append(time.time())
+                    return phase
+                elapsed -= phase.seconds
+            return None
 
     def _pauses_mid_stream(self, turn: int) -> bool:
         """Whether this request (just received) is the first of a turn to pause halfway through its stream."""
@@ -159,6 +201,18 @@ def _make_handler(server: ScriptedOpenAIServer) -> type[BaseHTTPRequestHandler]:
             self.end_headers()
             self.wfile.write(data)
 
+        def _send_error(self, phase: OutagePhase) -> None:
+            kinds = {401: "invalid_api_key", 429: "rate_limit_exceeded", 503: "service_unavailable"}
+            error = {"message": f"outage: HTTP {phase.status}", "type": "outage", "code": kinds.get(phase.status)}
+            data = json.dumps({"error": error}).encode()
+            self.send_response(phase.status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            if phase.retry_after is not None:
+                self.send_header("Retry-After", f"{phase.retry_after:g}")
+            self.end_headers()
+            self.wfile.write(data)
+
         def do_GET(self) -> None:
             if self.path.rstrip("/") != "/stats":
                 self._send_json(404, {"error": {"message": f"no route {self.path}"}})
@@ -177,6 +231,10 @@ def _make_handler(server: ScriptedOpenAIServer) -> type[BaseHTTPRequestHandler]:
             stream = bool(body.get("stream"))
             if server._receive(turn, stream):
                 server._hold()
+            phase = server._outage_phase(turn)
+            if phase is not None:
+                self._send_error(phase)
+                return
             try:
                 text, calls = server.answer(turn, messages)
             except LookupError as error:
