@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 from crash_harness import CrashRun
-from openai_server import ScriptedOpenAIServer
+from openai_server import Outage, ScriptedOpenAIServer
 
 
 @pytest.fixture
@@ -28,9 +28,10 @@ def crash_run(database_url: str, tmp_path: Path) -> Iterator[Callable[..., Crash
         *,
         delay_turns: Collection[int] = (),
         pause_mid_stream_turns: Collection[int] = (),
+        outage: Outage | None = None,
     ) -> CrashRun:
         server = ScriptedOpenAIServer(
-            script, delay_turns=delay_turns, pause_mid_stream_turns=pause_mid_stream_turns
+            script, delay_turns=delay_turns, pause_mid_stream_turns=pause_mid_stream_turns, outage=outage
         ).start()
         workdir = tmp_path / "work"
         workdir.mkdir()

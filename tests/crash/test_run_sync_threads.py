@@ -2,8 +2,8 @@
 
 pydantic-ai's own `run_sync` gives each thread an event loop, and runs on two threads then share the provider's
 connection pool across loops: one fails with "is bound to a different event loop". A durable `run_sync` runs on
-the process's durable loop instead (`_durable_loop.py`), so a web server's threads, or DBOS recovering several sync runs at once,
-can all run the same agent. Not a crash test: it lives here beside the scripted server it talks to.
+the process's durable loop instead (`_durable_loop.py`), so a web server's threads, or DBOS recovering several sync
+runs at once, can all run the same agent. Not a crash test: it lives here beside the scripted server it talks to.
 """
 
 from __future__ import annotations
