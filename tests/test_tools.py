@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -27,7 +28,7 @@ from pydantic_ai.messages import (
 )
 from pydantic_ai.models.function import AgentInfo, FunctionModel
 
-from dbos_pydantic_ai import DBOSAgent, DBOSParallelExecutionMode, StepConfig
+from dbos_pydantic_ai import DBOSAgent, DBOSParallelExecutionMode, NotSerializableError, StepConfig
 from run_modes import RunMode, run_in_mode
 
 RETRYING: StepConfig = {"retries_allowed": True, "max_attempts": 3, "interval_seconds": 0}
@@ -389,3 +390,35 @@ async def test_parallel_tool_calls_replay_deterministically(
     assert await step_names(handle.workflow_id) == expected_names
     rerun = executions - executed_before
     assert rerun == Counter({f"{t}:{i}": 1 for i, t in enumerate(order) if i >= 4 or t == "echo"})
+
+
+# --- A result DBOS cannot store ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("tool_step_config", [None, RETRYING], ids=["default", "retrying"])
+async def test_durable_tool_result_that_cannot_be_stored_names_the_tool_and_type(
+    agent_name: str, launch_dbos: Callable[[], None], run_mode: RunMode, tool_step_config: StepConfig | None
+) -> None:
+    """A durable tool returning a live object fails with `NotSerializableError` naming the tool, the part of its
+    result and that part's type, instead of DBOS's bare `TypeError`; the error is recorded and never retried."""
+    calls: list[str] = []
+
+    def open_handle(path: str) -> dict[str, Any]:
+        calls.append(path)
+        return {"path": path, "handle": threading.Lock()}
+
+    model = calls_then_summary([ToolCallPart("open_handle", {"path": "/tmp/x"})])
+    agent = Agent(FunctionModel(model), name=agent_name, tools=[open_handle])
+    durable = DBOSAgent(agent, durable_tools=True, tool_step_config=tool_step_config)
+    launch_dbos()
+
+    expected = r"Durable tool `open_handle` returned a value DBOS cannot store: `result\[.handle.\]` \(a _thread\.lock"
+    with pytest.raises(NotSerializableError, match=expected) as error:
+        await run_durable(durable, run_mode, "wf-unstorable")
+    assert "durable_tools" in str(error.value)  # says what to do
+    assert calls == ["/tmp/x"]  # ran once: retrying cannot make the result storable
+    steps = await steps_of("wf-unstorable")
+    assert steps[-1]["function_name"] == f"{agent_name}__tool.open_handle"
+    assert isinstance(steps[-1]["error"], NotSerializableError)  # what a replay raises again
+    status = await DBOS.get_workflow_status_async("wf-unstorable")
+    assert status is not None and status.status == "ERROR"

@@ -1,4 +1,8 @@
-"""Checking a durable run's inputs before the workflow starts, so a bad one is named and nothing is stored."""
+"""Checking what DBOS is about to store: a run's inputs before its workflow starts, a durable tool's result.
+
+DBOS pickles both. A value that does not pickle is named here, down to the part that fails, instead of
+surfacing as a bare `TypeError` from inside DBOS.
+"""
 
 from __future__ import annotations
 
@@ -23,6 +27,26 @@ def ensure_serializable(inputs: Mapping[str, Any]) -> None:
                 "after a crash. Pass plain data instead (a dataclass, a pydantic model, dicts and lists), and open "
                 "live resources such as connections, clients and locks inside tools or from a module-level registry."
             ) from error
+
+
+def ensure_storable_result(tool_name: str, result: Any) -> None:
+    """Raise `NotSerializableError` naming the durable tool and the part of its result DBOS could not store."""
+    try:
+        pickle.dumps(result)
+    except Exception as error:
+        path, culprit, culprit_error = _find_culprit("result", result, error)
+        raise NotSerializableError(
+            f"Durable tool `{tool_name}` returned a value DBOS cannot store: `{path}` (a {_type_name(culprit)}) "
+            f"({type(culprit_error).__name__}: {culprit_error}). A durable tool's result is recorded so that a "
+            "recovered run does not call the tool again. Return plain data (a dataclass, a pydantic model, dicts "
+            "and lists) and keep live resources such as connections, clients and locks inside the tool or in a "
+            f"module-level registry, or leave `{tool_name}` out of `durable_tools`."
+        ) from error
+
+
+def _type_name(value: Any) -> str:
+    cls = type(value)
+    return cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
 
 
 def _find_culprit(path: str, value: Any, error: Exception) -> tuple[str, Any, Exception]:

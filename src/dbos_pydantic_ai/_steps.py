@@ -18,7 +18,7 @@ from pydantic_ai.exceptions import (
 )
 
 from .config import StepConfig
-from .exceptions import StepFailedError
+from .exceptions import NotSerializableError, StepFailedError
 
 T = TypeVar("T")
 
@@ -42,7 +42,8 @@ def in_workflow() -> bool:
 
 
 def _should_retry(error: BaseException) -> bool:
-    return not isinstance(error, CONTROL_FLOW_EXCEPTIONS)
+    # A result DBOS cannot store fails the same way on every attempt: retrying would only repeat side effects.
+    return not isinstance(error, (*CONTROL_FLOW_EXCEPTIONS, NotSerializableError))
 
 
 def step_options(name: str, config: StepConfig) -> StepOptions:
@@ -52,8 +53,24 @@ def step_options(name: str, config: StepConfig) -> StepOptions:
     return options
 
 
+class _StoredSkipModelRequest(SkipModelRequest):
+    """A `SkipModelRequest` that rebuilds from its pickle: pydantic-ai's own needs its `response` argument,
+    which its pickle does not pass, so a replay could not raise it again."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.response,), self.__dict__)
+
+
 def portable_exception(error: Exception) -> Exception:
-    """`error` itself if DBOS can store it and rebuild the same exception on replay, else a `StepFailedError`."""
+    """`error` itself if DBOS can store it and rebuild the same exception on replay, else a `StepFailedError`.
+
+    A `SkipModelRequest` (the model's answer given without a request) is kept as one, so the agent still uses
+    its response, on the first run and on a replay.
+    """
+    if type(error) is SkipModelRequest:
+        skip = _StoredSkipModelRequest(error.response)
+        skip.__dict__.update(vars(error))
+        return skip
     try:
         rebuilt = pickle.loads(pickle.dumps(error))
     except Exception:

@@ -33,6 +33,7 @@ from pydantic_ai.toolsets import AbstractToolset, FunctionToolset, WrapperToolse
 from pydantic_ai.toolsets.abstract import ToolsetTool
 from pydantic_ai.toolsets.function import FunctionToolsetTool
 
+from ._serialization import ensure_storable_result
 from ._steps import in_workflow, run_reserved_step, step_options
 from .config import StepConfig
 
@@ -120,9 +121,17 @@ class DBOSFunctionToolset(WrapperToolset[Any]):
         options = self._durable_options.get(original_name)
         if options is not None:
             reservation = await self.order.reserve_step()
-            return await run_reserved_step(reservation, options, self.wrapped.call_tool, name, tool_args, ctx, tool)
+            return await run_reserved_step(reservation, options, self._call_storable, name, tool_args, ctx, tool)
         async with self.order.exclusive_turn():
             return await self.wrapped.call_tool(name, tool_args, ctx, tool)
+
+    async def _call_storable(
+        self, name: str, tool_args: dict[str, Any], ctx: RunContext[Any], tool: ToolsetTool[Any]
+    ) -> Any:
+        """Inside the durable tool's step: call it, and name the tool if DBOS could not record its result."""
+        result = await self.wrapped.call_tool(name, tool_args, ctx, tool)
+        ensure_storable_result(name, result)
+        return result
 
     def visit_and_replace(self, visitor: Any) -> AbstractToolset[Any]:
         return self
