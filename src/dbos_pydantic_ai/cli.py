@@ -16,6 +16,7 @@ import typer
 from rich.console import Console
 
 from ._approvals_cli import approvals_app
+from ._runs_cli import runs_app
 
 __all__ = ["app", "main"]
 
@@ -91,6 +92,8 @@ def demo(
 
 # `approvals list|approve|deny|deliver`: decisions for runs that wait (see _approvals_cli.py).
 app.add_typer(approvals_app, name="approvals")
+# `runs continue|retry-state`: a run's model retries, and continuing it after an outage (see _runs_cli.py).
+app.add_typer(runs_app, name="runs")
 
 
 @app.command()
