@@ -24,6 +24,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
+from pydantic_ai.exceptions import UserError
+
 T = TypeVar("T")
 E = TypeVar("E")
 
@@ -65,7 +67,14 @@ def run_on_durable_loop(coro: Coroutine[Any, Any, T]) -> T:
     If the wait is interrupted (KeyboardInterrupt in the main thread), the run is cancelled, as pydantic-ai's
     `run_sync` does.
     """
-    future = asyncio.run_coroutine_threadsafe(_arrived(coro), durable_loop())
+    loop = durable_loop()
+    if _on_durable_loop_now():
+        coro.close()
+        raise UserError(
+            "A durable `run_sync()` was called from code running on the durable loop (an async tool or handler of "
+            "another durable run_sync): it would wait for itself forever. Use `await agent.run(...)` there."
+        )
+    future = asyncio.run_coroutine_threadsafe(_arrived(coro), loop)
     try:
         return future.result()
     except BaseException:

@@ -40,6 +40,7 @@ from pydantic_ai.run import AgentRun, AgentRunResult
 from pydantic_ai.tools import AgentDepsT, DeferredToolRequests, DeferredToolResults, RunContext
 from pydantic_ai.toolsets import AbstractToolset, FunctionToolset
 
+from ._compat import check_no_nested_sync_run, dbos_launched
 from ._durable_loop import run_on_durable_loop
 from ._serialization import ensure_serializable
 from ._steps import in_workflow
@@ -114,13 +115,6 @@ def _known_provider(provider_name: str) -> bool:
     except ValueError:
         return False
     return True
-
-
-def dbos_launched() -> bool:
-    """Whether `DBOS.launch()` has run in this process (durable runs need it)."""
-    from dbos._dbos import _dbos_global_instance
-
-    return _dbos_global_instance is not None and _dbos_global_instance._launched
 
 
 # --- The per-run capability ---------------------------------------------------------------------
@@ -325,6 +319,8 @@ class DBOSAgent(WrapperAgent[AgentDepsT, OutputDataT]):
         if model_retry is not None and not isinstance(model_retry, ModelRetryPolicy):
             raise UserError(f"`model_retry` takes a ModelRetryPolicy or None, not {model_retry!r}.")
         self._model_retry = model_retry
+        self._durable_model: DBOSModel | None = None
+        self._durable_model_of: Model | str | None = None
         self._tool_step_config = validate_step_config(tool_step_config, argument="tool_step_config")
         self._stream_events = stream_events
         self._parallel_execution_mode = parallel_execution_mode
@@ -355,6 +351,34 @@ class DBOSAgent(WrapperAgent[AgentDepsT, OutputDataT]):
     @name.setter
     def name(self, value: str | None) -> None:
         raise UserError("A DBOSAgent's name names its persisted workflows and cannot change after it is created.")
+
+    @property
+    def model(self) -> Model | str | None:
+        """The agent's model as durable runs use it: a `DBOSModel`, so `pydantic_ai.direct.model_request(durable.model,
+        ...)` inside a workflow is a checkpointed step (None when the wrapped agent has no model)."""
+        wrapped_model = self.wrapped.model
+        if wrapped_model is None:
+            return None
+        if self._durable_model is None or self._durable_model_of is not wrapped_model:
+            self._durable_model = DBOSModel(
+                wrapped_model,
+                step_name_prefix=self.name,
+                step_config=self._model_step_config,
+                retry=self._model_retry,
+            )
+            self._durable_model_of = wrapped_model
+        return self._durable_model
+
+    def realtime(self, *args: Any, **kwargs: Any) -> Any:
+        """pydantic-ai's realtime session, outside a workflow. Refused inside one: a live, two-way connection cannot be
+        recorded as steps, so a replay could not reproduce it."""
+        if in_workflow():
+            raise UserError(
+                "`realtime()` cannot run inside a DBOS workflow: it opens a live, two-way connection to the model that "
+                "a replay after a crash could not reproduce. Open the realtime session outside the workflow, or use "
+                "`await agent.run(...)`, whose model requests are checkpointed steps."
+            )
+        return self.wrapped.realtime(*args, **kwargs)
 
     @property
     def event_stream_handler(self) -> EventStreamHandler[AgentDepsT] | None:
@@ -524,7 +548,9 @@ class DBOSAgent(WrapperAgent[AgentDepsT, OutputDataT]):
 
         The run itself goes to the process's durable loop, where every durable run sends its model and MCP
         requests, so runs on several threads at once share a provider's HTTP client safely (`_durable_loop.py`).
+        Refused inside a sync tool or callback of a running agent, as pydantic-ai refuses it: it can deadlock.
         """
+        check_no_nested_sync_run()
         if not dbos_launched():
             return self.wrapped.run_sync(
                 user_prompt,

@@ -27,7 +27,7 @@ import hashlib
 import json
 import time
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -41,6 +41,7 @@ from pydantic_ai.tools import DeferredToolRequests, DeferredToolResults, ToolApp
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
+from ._compat import dbos_launched, launched_system_database, with_dbos_db_retry
 from .config import _sqlite_path, redact_url
 
 __all__ = [
@@ -305,14 +306,12 @@ _launched_tables: weakref.WeakKeyDictionary[Any, sa.Table] = weakref.WeakKeyDict
 
 def _launched_decisions() -> tuple[Any, sa.Table]:
     """The launched DBOS's system database and the decisions table there (created at first use)."""
-    from dbos._dbos import _get_dbos_instance
-
-    sys_db = _get_dbos_instance()._sys_db
-    table = _launched_tables.get(sys_db)
+    sys_db = launched_system_database()
+    table = _launched_tables.get(sys_db.key)
     if table is None:
         table = _decisions_table(sys_db.schema)
         _create_decisions_table(sys_db.engine, table)
-        _launched_tables[sys_db] = table
+        _launched_tables[sys_db.key] = table
     return sys_db, table
 
 
@@ -338,7 +337,7 @@ async def _recorded_decision(workflow_id: str, wait_id: int, tool_call_id: str) 
         with sys_db.engine.connect() as connection:
             return _wait_rows(connection, table, workflow_id, wait_id).get(tool_call_id)
 
-    return await asyncio.to_thread(_with_db_retry, read)
+    return await asyncio.to_thread(with_dbos_db_retry, read)
 
 
 async def _time_out_open_calls(
@@ -370,15 +369,7 @@ async def _time_out_open_calls(
                 connection.execute(insert(table).values(values).on_conflict_do_nothing())
             return _wait_rows(connection, table, workflow_id, wait_id)
 
-    return await asyncio.to_thread(_with_db_retry, record)
-
-
-def _with_db_retry(func: Callable[[], T]) -> T:
-    """`func()`, retried as DBOS retries its own database calls: a lost connection blocks it until it is back."""
-    from dbos._dbos import _get_dbos_instance
-    from dbos._sys_db import db_retry
-
-    return db_retry(sys_db=_get_dbos_instance()._sys_db)(func)()
+    return await asyncio.to_thread(with_dbos_db_retry, record)
 
 
 # --- The decision side: any process with the database ------------------------------------------
@@ -414,23 +405,18 @@ def _connect(database_url: str | None) -> Iterator[_Connection]:
     """Connect to the launched DBOS's system database (`database_url=None`) or to `database_url`."""
     engine: sa.Engine  # the launched DBOS's (an `OptionEngine`, a subclass) or one opened here
     if database_url is None:
-        from .agent import dbos_launched
-
         if not dbos_launched():
             raise UserError(
                 "No DBOS is launched in this process: pass `database_url=` (the system database of the "
                 "workers) to decide on approvals from another process."
             )
-        from dbos._dbos import _get_dbos_instance
-
-        dbos = _get_dbos_instance()
-        sys_db = dbos._sys_db
+        sys_db = launched_system_database()
         engine, schema, owned = sys_db.engine, sys_db.schema, False
-        client = _launched_clients.get(sys_db)
+        client = _launched_clients.get(sys_db.key)
         if client is None:
             # One client per launched DBOS, on its engine: it goes away with that DBOS (a weak key).
-            client = DBOSClient(system_database_engine=engine, dbos_system_schema=schema, serializer=dbos._serializer)
-            _launched_clients[sys_db] = client
+            client = DBOSClient(system_database_engine=engine, dbos_system_schema=schema, serializer=sys_db.serializer)
+            _launched_clients[sys_db.key] = client
     else:
         sqlite_file = _sqlite_path(database_url)
         if sqlite_file is not None:

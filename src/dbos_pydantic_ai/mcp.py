@@ -22,6 +22,7 @@ from pydantic_ai.tools import RunContext, ToolDefinition
 from pydantic_ai.toolsets import AbstractToolset, WrapperToolset
 from pydantic_ai.toolsets.abstract import ToolsetTool
 
+from ._compat import mcp_explicit_id
 from ._durable_loop import on_durable_loop
 from ._steps import in_workflow, run_reserved_step, run_step, step_options
 from .config import StepConfig
@@ -32,7 +33,7 @@ __all__ = ["DBOSMCPToolset", "mcp_toolset_id"]
 
 def mcp_toolset_id(toolset: MCPToolset[Any]) -> str:
     """The explicit `id` of an MCP toolset, which names its steps; a clear error when it has none."""
-    toolset_id = getattr(toolset, "_explicit_id", None) or None
+    toolset_id = mcp_explicit_id(toolset)
     if toolset_id is None:
         raise UserError(
             f"MCP toolset {toolset.label} needs an explicit, unique `id` to be used in a durable agent: "

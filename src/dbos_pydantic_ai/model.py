@@ -17,6 +17,7 @@ from typing import Any
 
 from dbos import DBOS, StepOptions
 from pydantic_ai.agent import EventStreamHandler
+from pydantic_ai.exceptions import UserError
 from pydantic_ai.messages import ModelMessage, ModelResponse, ModelResponseStreamEvent
 from pydantic_ai.models import CompletedStreamedResponse, Model, ModelRequestParameters, StreamedResponse
 from pydantic_ai.models.wrapper import WrapperModel
@@ -104,6 +105,12 @@ class DBOSModel(WrapperModel):
             ) as stream:
                 yield stream
             return
+        if run_context is None:  # not an agent run's request: `pydantic_ai.direct.model_request_stream`
+            raise UserError(
+                "`model_request_stream()` cannot run durably inside a DBOS workflow: it hands the live stream to the "
+                "caller, which a replay could not reproduce. Use `model_request()` (a checkpointed step), or run an "
+                "agent with `event_stream_handler=` to receive the events live."
+            )
         response = await self._durably(
             self._stream_options,
             self._stream_to_completion,

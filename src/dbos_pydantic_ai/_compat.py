@@ -1,0 +1,86 @@
+"""Every use of DBOS's and pydantic-ai's private internals, in one place.
+
+Checked against dbos 3.4.0 and pydantic-ai-slim 2.68.0 (`pyproject.toml` pins `dbos<4` and `pydantic-ai-slim<3`).
+Each function says what it needs and why no public API does it; when one of these projects changes, this module is
+the one to read. Imports happen inside the functions, so nothing here is loaded before it is needed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    import sqlalchemy as sa
+    from dbos._serialization import Serializer
+
+T = TypeVar("T")
+
+__all__ = [
+    "LaunchedSystemDatabase",
+    "check_no_nested_sync_run",
+    "dbos_launched",
+    "launched_system_database",
+    "mcp_explicit_id",
+    "with_dbos_db_retry",
+]
+
+
+# --- DBOS ------------------------------------------------------------------------------------------
+
+
+def dbos_launched() -> bool:
+    """Whether `DBOS.launch()` has run in this process. DBOS has no public flag for it (`DBOS.workflow_id` is None
+    outside workflows either way)."""
+    from dbos._dbos import _dbos_global_instance
+
+    return _dbos_global_instance is not None and _dbos_global_instance._launched
+
+
+@dataclass(frozen=True)
+class LaunchedSystemDatabase:
+    """The launched DBOS's system database: its engine (DBOS's own pool), schema and serializer.
+
+    `key` identifies that DBOS instance (a new launch after `DBOS.destroy()` has a new one), for caches held weakly.
+    """
+
+    key: Any
+    engine: sa.Engine
+    schema: str | None
+    serializer: Serializer
+
+
+def launched_system_database() -> LaunchedSystemDatabase:
+    """The launched DBOS's system database. Public `DBOSClient`s open a pool of their own; a worker uses DBOS's."""
+    from dbos._dbos import _get_dbos_instance
+
+    dbos = _get_dbos_instance()
+    sys_db = dbos._sys_db
+    return LaunchedSystemDatabase(sys_db, sys_db.engine, sys_db.schema, dbos._serializer)
+
+
+def with_dbos_db_retry(func: Callable[[], T]) -> T:
+    """`func()` (database work of ours in a worker), retried as DBOS retries its own: a lost connection blocks it
+    until the database is back, instead of failing the run."""
+    from dbos._dbos import _get_dbos_instance
+    from dbos._sys_db import db_retry
+
+    return db_retry(sys_db=_get_dbos_instance()._sys_db)(func)()
+
+
+# --- pydantic-ai -------------------------------------------------------------------------------------
+
+
+def check_no_nested_sync_run() -> None:
+    """Refuse a sync run from inside a sync tool or callback of a running agent, as pydantic-ai's own `run_sync`
+    does (it can deadlock); raises pydantic-ai's `UserError`."""
+    from pydantic_ai import _utils
+
+    _utils.check_no_nested_sync_run()
+
+
+def mcp_explicit_id(toolset: Any) -> str | None:
+    """The `id=` an MCP toolset was created with; `MCPToolset.id` falls back to a generated one, which would not be
+    stable across restarts."""
+    return getattr(toolset, "_explicit_id", None) or None
