@@ -190,9 +190,10 @@ def _step_names(steps: list[Any]) -> list[str]:
 def _expected_weather_steps(name: str, cities: int, *, instructions: bool) -> list[str]:
     """The step list of a run that calls get_weather once per model response, `cities` times."""
     mcp = f"{name}__mcp_server__{TOOLSET_ID}"
-    # Each model step is preceded by the server's tool list (then its instructions, when included).
-    before_request = [f"{mcp}.get_tools"] + ([f"{mcp}.get_instructions"] if instructions else [])
-    steps: list[str] = []
+    # The server's tools are listed once per run (cache_tools=True, the default); its instructions, when included,
+    # are read before each model step.
+    before_request = [f"{mcp}.get_instructions"] if instructions else []
+    steps: list[str] = [f"{mcp}.get_tools"]
     for _ in range(cities):
         steps += [*before_request, f"{name}__model.request", f"{mcp}.call_tool"]
     return [*steps, *before_request, f"{name}__model.request"]
@@ -266,7 +267,7 @@ async def test_one_mcp_session_per_run(
     steps = await DBOS.list_workflow_steps_async("session-1")
     assert _step_names(steps) == _expected_weather_steps(agent_name, 3, instructions=False)
     mcp_steps = [name for name in _step_names(steps) if "__mcp_server__" in name]
-    assert len(mcp_steps) == 7  # 4 tool listings and 3 tool calls...
+    assert len(mcp_steps) == 4  # 1 tool listing and 3 tool calls...
     assert mcp_server.sessions() == 1  # ...in a single session
     assert mcp_server.requests("tools/list") == 1  # listed once per session, then cached
     assert len(mcp_server.tool_runs("get_weather")) == 3
@@ -276,6 +277,21 @@ async def test_one_mcp_session_per_run(
         await agent.run("Again.")
     assert mcp_server.sessions() == 2
     assert len(mcp_server.tool_runs("get_weather")) == 6
+
+
+async def test_tools_are_listed_before_every_request_without_cache_tools(
+    mcp_server: CountingServer, agent_name: str, launch_dbos: Callable[[], None]
+) -> None:
+    toolset = mcp_server.toolset(id=TOOLSET_ID, cache_tools=False)
+    agent = DBOSAgent(Agent(weather_model(["Paris", "Oslo"]), toolsets=[toolset]), name=agent_name)
+    launch_dbos()
+
+    with SetWorkflowID("uncached"):
+        await agent.run("Weather in Paris and Oslo?")
+
+    names = _step_names(await DBOS.list_workflow_steps_async("uncached"))
+    assert names.count(f"{agent_name}__mcp_server__{TOOLSET_ID}.get_tools") == 3  # one per model request
+    assert names.count(f"{agent_name}__model.request") == 3
 
 
 # --- 3. Re-executing a finished run does not call the server again for completed steps ------------
@@ -312,17 +328,24 @@ async def test_reexecution_does_not_call_mcp_again(
     assert _step_names(await DBOS.list_workflow_steps_async(handle.workflow_id)) == names
     assert (mcp_server.sessions(), len(mcp_server.tool_runs("get_weather")), len(model_calls)) == (1, 1, 3)
 
-    # Fork from the tool listing right after the tool call: the call replays (the tool does not run
-    # again), while the listing re-executes in a new session.
+    # Fork from the model request right after the tool call: the listing and the call replay (the tool does
+    # not run again), and the run goes on without connecting to the server.
     call_index = names.index(f"{agent_name}__mcp_server__{TOOLSET_ID}.call_tool")
     after_call = steps[call_index + 1]
-    assert after_call["function_name"] == f"{agent_name}__mcp_server__{TOOLSET_ID}.get_tools"
+    assert after_call["function_name"] == f"{agent_name}__model.request"
     handle = await DBOS.fork_workflow_async("original", after_call["function_id"])
     forked = await handle.get_result()
     assert forked.output == first.output
     assert _step_names(await DBOS.list_workflow_steps_async(handle.workflow_id)) == names
-    assert mcp_server.sessions() == 2
+    assert mcp_server.sessions() == 1
     assert len(mcp_server.tool_runs("get_weather")) == 1
+
+    # Fork from the tool listing: it re-executes in a new session, and so does the call after it.
+    assert steps[0]["function_name"] == f"{agent_name}__mcp_server__{TOOLSET_ID}.get_tools"
+    handle = await DBOS.fork_workflow_async("original", steps[0]["function_id"])
+    assert (await handle.get_result()).output == first.output
+    assert mcp_server.sessions() == 2
+    assert len(mcp_server.tool_runs("get_weather")) == 2
 
 
 # --- 4. A failing MCP tool: the model sees the failure; DBOS does not retry the step ---------------

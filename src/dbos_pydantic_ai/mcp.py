@@ -1,7 +1,8 @@
 """MCP server calls as DBOS steps, with one MCP session per run.
 
 Inside a workflow, listing tools, calling a tool and reading the server's instructions are each a
-DBOS step named `{agent}__mcp_server__{toolset_id}.{get_tools|call_tool|get_instructions}`. The
+DBOS step named `{agent}__mcp_server__{toolset_id}.{get_tools|call_tool|get_instructions}`. Tools are
+listed once per run (before every model request with `cache_tools=False`). The
 session is opened lazily inside the first step that needs it and closed when the run ends, so a
 recovered run whose steps all replay from the database never connects at all.
 
@@ -52,6 +53,7 @@ class DBOSMCPToolset(WrapperToolset[Any]):
     order: ToolCallOrder | None = None
     """The run's tool-call order: parallel MCP calls take their step numbers in the model's order."""
     _entered: bool = field(default=False, init=False, repr=False)
+    _tool_defs: list[ToolDefinition] | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         prefix = f"{self.step_name_prefix}__mcp_server__{mcp_toolset_id(self.mcp)}"
@@ -88,8 +90,11 @@ class DBOSMCPToolset(WrapperToolset[Any]):
         if not in_workflow():
             await self._connect()
             return await on_durable_loop(self.wrapped.get_tools(ctx))
-        tool_defs = await run_step(self._get_tools_options, self._tool_definitions, ctx)
-        return {tool_def.name: self.mcp.tool_for_tool_def(tool_def, ctx=ctx) for tool_def in tool_defs}
+        if self._tool_defs is None or not self.mcp.cache_tools:
+            # Listed once per run, as pydantic-ai's MCPToolset caches them. A server's "tools changed" notification
+            # is not followed within a run: it arrives at no fixed point, so a replay would list at other steps.
+            self._tool_defs = await run_step(self._get_tools_options, self._tool_definitions, ctx)
+        return {tool_def.name: self.mcp.tool_for_tool_def(tool_def, ctx=ctx) for tool_def in self._tool_defs}
 
     async def _tool_definitions(self, ctx: RunContext[Any]) -> list[ToolDefinition]:
         # A ToolsetTool holds a validator and the toolset itself; only the definitions are stored.
