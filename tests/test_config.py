@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 from dbos import DBOS, DBOSClient, DBOSConfig
 from pydantic_ai import Agent
 from pydantic_ai.models.test import TestModel
 
 from dbos_pydantic_ai import DBOSAgent, dbos_config
-from dbos_pydantic_ai.config import redact_url
+from dbos_pydantic_ai.config import check_database_url, redact_url
+from dbos_pydantic_ai.exceptions import DatabaseUnreachableError
 
 Launch = Callable[[DBOSConfig], None]
 
@@ -150,3 +153,18 @@ def test_redact_url_hides_passwords(url: str, redacted: str | None) -> None:
     assert "p%40ss" not in shown
     assert "word" not in shown
     assert "alice" in shown or "alice" not in url
+
+
+def test_check_refuses_a_missing_role_but_accepts_a_missing_database() -> None:
+    """Only a missing database is fine (DBOS creates it); a missing role fails here, not as a raw error at launch."""
+    server = os.environ.get("DBOS_PAI_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432")
+    try:
+        check_database_url(f"{server}/postgres")
+    except DatabaseUnreachableError as error:
+        pytest.skip(f"no PostgreSQL server here: {error}")
+    missing_database = f"{server}/dbos_pai_not_created_yet_5e1b"
+    assert dbos_config("app", database_url=missing_database)["system_database_url"] == missing_database
+    host = sa.make_url(server).set(username="dbos_pai_no_such_role", password=None)
+    no_role = host.set(database="dbos_pai_not_created_yet_5e1b").render_as_string(hide_password=False)
+    with pytest.raises(DatabaseUnreachableError, match='role "dbos_pai_no_such_role" does not exist'):
+        dbos_config("app", database_url=no_role)

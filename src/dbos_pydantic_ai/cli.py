@@ -113,6 +113,8 @@ def tail(
     """Print a run's events live (agents with stream_events=True): text as it arrives, tool calls as they happen."""
     import asyncio
 
+    from pydantic_ai.exceptions import UserError
+
     if database_url is None:
         error_console.print("[bold red]Error:[/] pass --database-url or set DBOS_SYSTEM_DATABASE_URL.")
         raise typer.Exit(code=2)
@@ -122,7 +124,10 @@ def tail(
     except KeyboardInterrupt:
         error_console.print(f"\n[dim]stopped; continue with --from-offset {progress[0]}[/]")
         raise typer.Exit(code=130) from None
-    except Exception as error:  # a missing run, an unreachable database: say which, briefly
+    except UserError as error:  # an unreachable or missing database: the message says which, and what to do
+        error_console.print(f"[bold red]Error:[/] {error}")
+        raise typer.Exit(code=2) from None
+    except Exception as error:  # a missing run, say: name it briefly
         error_console.print(f"[bold red]Error:[/] {type(error).__name__}: {error}")
         raise typer.Exit(code=2) from None
 
@@ -201,6 +206,10 @@ def console_command(
             help="Require this token on every request (Authorization: Bearer, or ?token= in the page's URL).",
         ),
     ] = None,
+    max_live_readers: Annotated[
+        int,
+        typer.Option(min=1, help="Live outputs served at once (they share a few database connections); more get 503."),
+    ] = 32,
 ) -> None:
     """Serve the web console: runs, conversations, costs, approvals and live output (needs the `console` extra)."""
     if database_url is None:
@@ -231,7 +240,7 @@ def console_command(
     try:
         # Bound to loopback, accept only loopback Host headers: a DNS-rebinding page cannot reach the API.
         allowed = [*LOOPBACK_HOSTS, "[::1]", host] if loopback else None
-        web_app = create_app(database_url, token=token, allowed_hosts=allowed)
+        web_app = create_app(database_url, token=token, allowed_hosts=allowed, max_live_readers=max_live_readers)
     except UserError as error:
         error_console.print(f"[bold red]Error:[/] {error}")
         raise typer.Exit(code=2) from None

@@ -17,7 +17,14 @@ from dbos import DBOSConfig
 
 from .exceptions import DatabaseUnreachableError, UserError
 
-__all__ = ["StepConfig", "check_database_url", "dbos_config", "enable_sqlite_wal", "redact_url"]
+__all__ = [
+    "StepConfig",
+    "check_database_url",
+    "dbos_config",
+    "enable_sqlite_wal",
+    "redact_url",
+    "system_database_error",
+]
 
 
 class StepConfig(TypedDict, total=False):
@@ -86,9 +93,10 @@ def enable_sqlite_wal(url: str) -> None:
 def check_database_url(url: str, *, timeout_seconds: float = 5.0) -> None:
     """Raise `DatabaseUnreachableError` unless the database behind `url` can be opened now.
 
-    SQLite: the file's folder must exist and be writable. PostgreSQL: a connection must succeed
-    (to the named database, or to `postgres` when the named one does not exist yet, since DBOS
-    creates it on launch).
+    SQLite: the file's folder must exist and be writable. PostgreSQL: a connection must succeed, to
+    the named database or, when only that database is missing (DBOS creates it on launch), to the
+    server's `postgres` database with the same credentials. Any other failure (no server, a wrong
+    user or password, a missing role) is raised here.
     """
     sqlite_file = _sqlite_path(url)
     if sqlite_file is not None:
@@ -106,21 +114,72 @@ def check_database_url(url: str, *, timeout_seconds: float = 5.0) -> None:
         raise DatabaseUnreachableError(
             f"Unsupported database URL {redact_url(url)!r}: use `sqlite:///file.sqlite` or `postgresql://...`."
         )
+    problem = _postgres_problem(url, timeout_seconds)
+    if problem is not None and problem[0] == "unreachable":
+        raise DatabaseUnreachableError(_unreachable_message(url, problem[1]))
+
+
+def _unreachable_message(url: str, cause: str) -> str:
+    return (
+        f"Cannot reach PostgreSQL at {redact_url(url)!r} ({cause}). "
+        "Check that the server is running and the host, port, user and password are right."
+    )
+
+
+def _postgres_problem(url: str, timeout_seconds: float = 5.0) -> tuple[str, str] | None:
+    """None when `url` opens; else `("missing_database", name)` or `("unreachable", first line of the error)`.
+
+    A missing database is told apart by asking the server's `postgres` database, not by reading the
+    error's text (which the server may send translated, and which a missing role resembles).
+    """
     import sqlalchemy as sa
 
-    engine = sa.create_engine(url, connect_args={"connect_timeout": max(1, int(timeout_seconds))})
+    target = sa.make_url(url)
+    connect_args = {"connect_timeout": max(1, int(timeout_seconds))}
+    engine = sa.create_engine(target, connect_args=connect_args)
     try:
         with engine.connect():
-            return
+            return None
     except sa.exc.OperationalError as error:
-        if "does not exist" in str(error):
-            return  # the server answered; DBOS creates the database on launch
-        raise DatabaseUnreachableError(
-            f"Cannot reach PostgreSQL at {redact_url(url)!r} ({_first_line(error.orig)}). "
-            "Check that the server is running and the host, port, user and password are right."
-        ) from None
+        cause = _first_line(error.orig)
     finally:
         engine.dispose()
+    if not target.database or target.database == "postgres":
+        return "unreachable", cause
+    engine = sa.create_engine(target.set(database="postgres"), connect_args=connect_args)
+    try:
+        with engine.connect() as connection:
+            exists = connection.execute(
+                sa.text("SELECT 1 FROM pg_database WHERE datname = :name"), {"name": target.database}
+            ).first()
+    except sa.exc.SQLAlchemyError:
+        return "unreachable", cause
+    finally:
+        engine.dispose()
+    return ("unreachable", cause) if exists is not None else ("missing_database", target.database)
+
+
+def system_database_error(url: str, error: BaseException) -> str:
+    """Why the DBOS system database at `url` could not be used, after `error` opening or reading it.
+
+    For readers of a database the workers made (console, `approvals`, `tail`, `read_events()`): tells a
+    server that cannot be reached (with the driver's reason, e.g. connection refused) from a database
+    or file that is missing, and from one that holds no DBOS tables.
+    """
+    hint = "Pass the URL your workers give DBOS, once one of them has launched."
+    shown = redact_url(url)
+    sqlite_file = _sqlite_path(url)
+    if sqlite_file is not None:
+        if not sqlite_file.exists():
+            return f"No DBOS system database at {shown!r}: the file does not exist. {hint}"
+    elif url.startswith(("postgresql", "postgres")):
+        problem = _postgres_problem(url)
+        if problem is not None and problem[0] == "unreachable":
+            return _unreachable_message(url, problem[1])
+        if problem is not None:
+            return f"No DBOS system database at {shown!r}: the database {problem[1]!r} does not exist. {hint}"
+    reason = _first_line(getattr(error, "orig", None) or error)
+    return f"No DBOS system database at {shown!r} ({type(error).__name__}: {reason}). {hint}"
 
 
 def _first_line(error: BaseException | None) -> str:

@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import math
 import os
+import threading
 import uuid
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -44,6 +46,8 @@ from pydantic_ai.messages import (
 )
 from pydantic_ai.run import AgentRunResult, AgentRunResultEvent
 from pydantic_ai.tools import RunContext
+
+from .exceptions import DatabaseUnreachableError
 
 __all__ = [
     "STREAM_KEY",
@@ -302,12 +306,76 @@ def _default_database_url(database_url: str | None) -> str | None:
     return url
 
 
-async def read_events(
+async def _open_client(url: str) -> DBOSClient:
+    """A `DBOSClient` on `url`, connected in a thread; never left open by a caller cancelled meanwhile.
+
+    The thread runs on when the awaiting task is cancelled. Whichever side comes second (the thread
+    handing over the client, or the caller giving up) destroys it, under one lock.
+    """
+    from .config import _sqlite_path, system_database_error
+
+    sqlite_file = _sqlite_path(url)
+    if sqlite_file is not None and not sqlite_file.exists():  # DBOSClient would create an empty file
+        raise DatabaseUnreachableError(system_database_error(url, FileNotFoundError(str(sqlite_file))))
+    lock = threading.Lock()
+    abandoned = False
+    handed: list[DBOSClient] = []
+
+    def connect() -> DBOSClient:
+        try:
+            client = DBOSClient(system_database_url=url)
+        except Exception as error:
+            raise DatabaseUnreachableError(system_database_error(url, error)) from error
+        with lock:
+            if not abandoned:
+                handed.append(client)
+                return client
+        client.destroy()  # the reader was cancelled while this connected
+        return client
+
+    try:
+        return await asyncio.to_thread(connect)
+    except BaseException:
+        with lock:
+            abandoned = True
+            orphans = list(handed)
+        for client in orphans:  # connected, but the caller is gone: close it without blocking the loop
+            threading.Thread(target=client.destroy, name="dbos-pai-close-client").start()
+        raise
+
+
+def _check_read_arguments(
+    workflow_id: object, from_offset: object, polling_interval_sec: object, database_url: object, client: object
+) -> None:
+    if not isinstance(workflow_id, str) or not workflow_id:
+        raise UserError(f"read_events() needs a workflow id (a non-empty string), not {workflow_id!r}.")
+    if isinstance(from_offset, bool) or not isinstance(from_offset, int) or from_offset < 0:
+        raise UserError(
+            f"read_events(from_offset={from_offset!r}): pass an offset read_events() yielded (an int >= 0), "
+            "or 0 to read from the start."
+        )
+    if (
+        isinstance(polling_interval_sec, bool)
+        or not isinstance(polling_interval_sec, int | float)
+        or not math.isfinite(polling_interval_sec)
+        or polling_interval_sec < 0.001
+    ):
+        raise UserError(
+            f"read_events(polling_interval_sec={polling_interval_sec!r}): pass a number of seconds >= 0.001."
+        )
+    if database_url is not None and not isinstance(database_url, str):
+        raise UserError(f"read_events(database_url={database_url!r}): pass a URL string.")
+    if client is not None and database_url is not None:
+        raise UserError("read_events(): pass either `client=` or `database_url=`, not both.")
+
+
+def read_events(
     workflow_id: str,
     *,
     from_offset: int = 0,
     database_url: str | None = None,
     polling_interval_sec: float = DEFAULT_POLLING_INTERVAL_SEC,
+    client: DBOSClient | None = None,
 ) -> AsyncIterator[tuple[int, DurableStreamEvent]]:
     """Follow a durable run's events live, as `(offset, event)` pairs; ends when the run ends.
 
@@ -317,30 +385,49 @@ async def read_events(
             exactly after it. 0 (the default) reads from the start.
         database_url: Read through a `DBOSClient` on this system database, from a process that has not
             launched DBOS. Default: the launched DBOS of this process, else `DBOS_SYSTEM_DATABASE_URL`.
+            The client is opened when reading starts and closed when it stops, however it stops.
         polling_interval_sec: How often to look for new events when the database does not push them.
+        client: Read through this `DBOSClient` instead (it stays open: the caller owns it). For servers
+            with many readers, which then share one client's connection pool.
 
+    The arguments are checked at once (`UserError`); the database is opened when iteration starts.
     Events of a model request attempt that was retried are followed by a `Superseded` marker (see it).
     Reading from an offset reads the earlier items again, to know which attempts they belong to.
+    The events are unpickled: only read a database whose writers you trust (see docs/streams.md).
     """
-    url = _default_database_url(database_url)
-    client = await asyncio.to_thread(DBOSClient, system_database_url=url) if url is not None else None
-    source: AsyncIterator[Any]
-    if client is not None:
-        source = client.read_stream_async(workflow_id, STREAM_KEY, polling_interval_sec=polling_interval_sec)
-    else:
-        source = DBOS.read_stream_async(workflow_id, STREAM_KEY, polling_interval_sec=polling_interval_sec)
-    state = _ReaderState()
-    position = 0
+    _check_read_arguments(workflow_id, from_offset, polling_interval_sec, database_url, client)
+    url = None if client is not None else _default_database_url(database_url)
+    return _read_events(workflow_id, from_offset, url, polling_interval_sec, client)
+
+
+async def _read_events(
+    workflow_id: str, from_offset: int, url: str | None, polling_interval_sec: float, shared: DBOSClient | None
+) -> AsyncIterator[tuple[int, DurableStreamEvent]]:
+    owned: DBOSClient | None = None
+    source: AsyncIterator[Any] | None = None
     try:
+        if url is not None:
+            owned = await _open_client(url)
+        reader = owned or shared
+        if reader is not None:
+            source = reader.read_stream_async(workflow_id, STREAM_KEY, polling_interval_sec=polling_interval_sec)
+        else:
+            source = DBOS.read_stream_async(workflow_id, STREAM_KEY, polling_interval_sec=polling_interval_sec)
+        state = _ReaderState()
+        position = 0
         async for item in source:
             position += 1
             event = state.event(position, item)
             if event is not None and position > from_offset:
                 yield position, event
     finally:
-        await source.aclose()  # type: ignore[attr-defined]
-        if client is not None:
-            await asyncio.to_thread(client.destroy)
+        try:
+            if source is not None:
+                await source.aclose()  # type: ignore[attr-defined]
+        finally:
+            if owned is not None:
+                # In a thread, which finishes even if this task is cancelled again while it waits.
+                await asyncio.to_thread(owned.destroy)
 
 
 class EventLog:

@@ -324,10 +324,12 @@ def _suppress_run_errors() -> contextlib.suppress:
 class ConsoleServer:
     """The console app served by uvicorn on 127.0.0.1 in a background thread; `stop()` (or `with`) ends it."""
 
-    def __init__(self, database_url: str, token: str | None = None, env: ConsoleEnv | None = None) -> None:
+    def __init__(
+        self, database_url: str, token: str | None = None, env: ConsoleEnv | None = None, **app_options: Any
+    ) -> None:
         self.token = token
         self.env = env
-        self.app = create_app(database_url, token=token)
+        self.app = create_app(database_url, token=token, **app_options)
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             self.port: int = probe.getsockname()[1]

@@ -14,8 +14,12 @@ if TYPE_CHECKING:
 __all__ = ["create_app"]
 
 
-def create_app(database_url: str, *, token: str | None = None, allowed_hosts: Any = None) -> FastAPI:
+def create_app(
+    database_url: str, *, token: str | None = None, allowed_hosts: Any = None, max_live_readers: int | None = None
+) -> FastAPI:
     """The console's FastAPI app for the system database at `database_url` (see `console.app.create_app`)."""
+    from .app import DEFAULT_MAX_LIVE_READERS
     from .app import create_app as create
 
-    return create(database_url, token=token, allowed_hosts=allowed_hosts)
+    limit = DEFAULT_MAX_LIVE_READERS if max_live_readers is None else max_live_readers
+    return create(database_url, token=token, allowed_hosts=allowed_hosts, max_live_readers=limit)

@@ -9,7 +9,12 @@ Safety rules (see docs/console.md):
   same-origin is refused (403), token or not.
 - `allowed_hosts` (the CLI passes the loopback names when it binds to loopback) refuses other `Host`
   headers, which defeats DNS rebinding.
-- Request values are only strings and numbers: nothing a browser sends is ever unpickled.
+- Request values are only strings and numbers: nothing a browser sends is ever unpickled. Bodies over
+  64 KiB are refused (413) and a 422 quotes at most the start of what was sent.
+- Live tails share one `DBOSClient` (opened at startup, closed at shutdown) and are bounded: beyond
+  `max_live_readers` at once, a new one is refused with 503, so open tabs cannot exhaust the database's
+  connections.
+- Workflow ids may hold `/`: the page sends it as `%2F`, and ids are read from the raw path.
 - Every response carries a Content-Security-Policy that forbids inline scripts: what a model or tool
   wrote can never run in the page, even if it reached the DOM as HTML.
 """
@@ -27,19 +32,22 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from fastapi import Body, FastAPI, Header, HTTPException, Query
+from dbos import DBOSClient
+from fastapi import Body, FastAPI, Header, HTTPException, Query, Request
 from fastapi import Path as PathParam
 from fastapi.concurrency import run_in_threadpool
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..approvals import ApprovalRejected, approve, deny, list_pending_approvals
 from .data import STATUSES, ConsoleData, InvalidCursor, RunNotFound, approval_json
 
-__all__ = ["TOKEN_COOKIE", "create_app", "token_cookie_value"]
+__all__ = ["DEFAULT_MAX_LIVE_READERS", "LIVE_READER_POOL_SIZE", "TOKEN_COOKIE", "create_app", "token_cookie_value"]
 
 STATIC_DIR = Path(__file__).parent / "static"
 TOKEN_COOKIE = "dbos_pai_console_token"
@@ -56,6 +64,13 @@ SECURITY_HEADERS = [
 ]
 _MAX_ID = 1000  # longest workflow id, agent name or search text accepted
 _MAX_INT = 2**31 - 1
+_MAX_BODY = 64 * 1024  # the largest request body: a decision's reason is at most 10,000 characters
+_MAX_QUOTED = 200  # how much of a rejected value a 422 quotes back
+_MAX_ERRORS = 20  # validation errors listed in a 422
+DEFAULT_MAX_LIVE_READERS = 32
+"""Live tails (`/api/runs/{id}/events`) one console serves at once; more are refused with 503."""
+LIVE_READER_POOL_SIZE = 4
+"""Database connections the live tails share (one `DBOSClient`'s pool)."""
 
 PLACEHOLDER_PAGE = """<!doctype html><html lang="en"><head><meta charset="utf-8"><title>dbos-pydantic-ai console</title>
 </head><body><h1>dbos-pydantic-ai console</h1><p>The page is not installed; the JSON API is at
@@ -146,6 +161,8 @@ class _Guard:
         raw_query = unquote(scope.get("query_string", b"").decode("latin-1"))
         if "\x00" in scope["path"] or "\x00" in raw_query:
             rejection = (422, "NUL characters are not allowed in the path or query.")
+        elif _too_large(headers.get("content-length")):
+            rejection = (413, f"Request body too large: the console accepts at most {_MAX_BODY} bytes.")
         elif self.token is not None:
             authorized, from_query = self._authorized(scope, headers)
             if not authorized:
@@ -174,27 +191,168 @@ class _Guard:
         await self.app(scope, receive, send_with_headers)
 
 
+def _too_large(content_length: str | None) -> bool:
+    if content_length is None:
+        return False
+    try:
+        return int(content_length) > _MAX_BODY
+    except ValueError:
+        return True
+
+
+class _PathIds:
+    """Reads each `/api/runs/...` path segment from the raw path, so a workflow id may contain `/` (sent as `%2F`).
+
+    The server decodes `%2F` into `/` before routing, which would split such an id in two. Here each
+    raw segment is decoded on its own and put back with `%` and `/` escaped; `_unescape` (on the path
+    parameters) undoes that, so every id arrives exactly as the page encoded it.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"].startswith("/api/runs/"):
+            path: str = scope["path"]
+            raw = scope.get("raw_path")
+            segments = path.split("/")
+            if raw:
+                raw_segments = [unquote(segment) for segment in raw.decode("latin-1").split("/")]
+                if raw_segments[:3] == ["", "api", "runs"]:  # the raw path is this path (no root path in front)
+                    segments = raw_segments
+            escaped = "/".join(segment.replace("%", "%25").replace("/", "%2F") for segment in segments)
+            scope = {**scope, "path": escaped}
+        await self.app(scope, receive, send)
+
+
+def _unescape(value: str) -> str:
+    """A path parameter as it was sent, from its form escaped by `_PathIds`."""
+    value = unquote(value)
+    if len(value) > _MAX_ID:
+        raise ValueError(f"at most {_MAX_ID} characters")
+    return value
+
+
+def _quoted(value: Any) -> Any:
+    """A rejected value as a 422 quotes it: itself when short, else the start of its JSON and its length."""
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    text = value if isinstance(value, str) else json.dumps(jsonable_encoder(value), ensure_ascii=False, default=str)
+    if len(text) <= _MAX_QUOTED:
+        return value if isinstance(value, str) else jsonable_encoder(value)
+    return f"{text[:_MAX_QUOTED]}... ({len(text)} characters)"
+
+
+def _validation_error(error: RequestValidationError) -> JSONResponse:
+    """FastAPI's 422, but quoting at most the start of each rejected value, and at most 20 errors."""
+    errors = []
+    for item in error.errors()[:_MAX_ERRORS]:
+        item = dict(item)
+        if "input" in item:
+            item["input"] = _quoted(item["input"])
+        errors.append(item)
+    return JSONResponse({"detail": jsonable_encoder(errors)}, status_code=422)
+
+
+class _LiveReaders:
+    """The console's live tails: one shared `DBOSClient` (opened at startup, closed at shutdown), a bounded number.
+
+    Each tail would otherwise open a client of its own, with its own connections; a browser that
+    reconnects often, or many open tabs, would then exhaust the database's connections.
+    """
+
+    def __init__(self, database_url: str, limit: int) -> None:
+        self.database_url = database_url
+        self.limit = limit
+        self.active = 0
+        self.client: DBOSClient | None = None
+
+    async def open(self) -> None:
+        self.client = await asyncio.to_thread(
+            DBOSClient, system_database_url=self.database_url, system_database_pool_size=LIVE_READER_POOL_SIZE
+        )
+
+    async def close(self) -> None:
+        client, self.client = self.client, None
+        if client is not None:
+            await asyncio.to_thread(client.destroy)
+
+    def acquire(self) -> tuple[DBOSClient, Callable[[], None]]:
+        """The shared client and the function that gives the slot back (call it once); 503 when none is free."""
+        if self.client is None:
+            raise HTTPException(503, "The console is not serving live output: it is starting or shutting down.")
+        if self.active >= self.limit:
+            raise HTTPException(
+                503,
+                f"This console already serves {self.limit} live streams, its limit. Close a tab that follows a "
+                "run and reload, or start the console with a higher --max-live-readers.",
+                headers={"retry-after": "5"},
+            )
+        self.active += 1
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                self.active -= 1
+
+        return self.client, release
+
+
+class _ReleasingStream(StreamingResponse):
+    """A streaming response that gives its live-reader slot back however it ends."""
+
+    def __init__(self, content: AsyncIterator[str], release: Callable[[], None], **kwargs: Any) -> None:
+        super().__init__(content, **kwargs)
+        self._release = release
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._release()
+
+
 # --- The app --------------------------------------------------------------------------------------------
 
-WorkflowId = Annotated[str, PathParam(min_length=1, max_length=_MAX_ID)]
+WorkflowId = Annotated[str, PathParam(min_length=1, max_length=3 * _MAX_ID), AfterValidator(_unescape)]
+CallId = Annotated[str, PathParam(min_length=1, max_length=3 * _MAX_ID), AfterValidator(_unescape)]
 
 
-def create_app(database_url: str, *, token: str | None = None, allowed_hosts: Sequence[str] | None = None) -> FastAPI:
+def create_app(
+    database_url: str,
+    *,
+    token: str | None = None,
+    allowed_hosts: Sequence[str] | None = None,
+    max_live_readers: int = DEFAULT_MAX_LIVE_READERS,
+) -> FastAPI:
     """The console for the DBOS system database at `database_url`.
 
     Args:
         database_url: The workers' system database (`sqlite:///...` or `postgresql://...`).
         token: When set, every request must present it (see the module docstring).
         allowed_hosts: Accepted `Host` header names (e.g. the loopback names); None accepts any.
+        max_live_readers: Live tails served at once (they share `LIVE_READER_POOL_SIZE` connections);
+            more are refused with 503 until one ends.
     """
     if token is not None and not token:
         raise ValueError("An empty token would let everyone in: pass None or a non-empty token.")
+    if isinstance(max_live_readers, bool) or not isinstance(max_live_readers, int) or max_live_readers < 1:
+        raise ValueError(f"max_live_readers must be an int >= 1, not {max_live_readers!r}.")
     data = ConsoleData(database_url)
+    live = _LiveReaders(database_url, max_live_readers)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        yield
-        data.close()
+        await live.open()
+        try:
+            yield
+        finally:
+            try:
+                await live.close()
+            finally:
+                data.close()
 
     app = FastAPI(
         title="dbos-pydantic-ai console",
@@ -205,6 +363,11 @@ def create_app(database_url: str, *, token: str | None = None, allowed_hosts: Se
         lifespan=lifespan,
     )
     app.state.data = data
+    app.state.live_readers = live
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, error: RequestValidationError) -> JSONResponse:
+        return _validation_error(error)
 
     async def blocking(func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         try:
@@ -264,7 +427,7 @@ def create_app(database_url: str, *, token: str | None = None, allowed_hosts: Se
     @app.post("/api/runs/{workflow_id}/approvals/{call_id}/approve")
     async def approve_call(
         workflow_id: WorkflowId,
-        call_id: Annotated[str, PathParam(min_length=1, max_length=_MAX_ID)],
+        call_id: CallId,
         body: Annotated[ApproveBody, Body()],
     ) -> dict[str, bool]:
         """Approve a pending tool call, bound to the digest of the arguments reviewed (409 when refused)."""
@@ -273,7 +436,7 @@ def create_app(database_url: str, *, token: str | None = None, allowed_hosts: Se
     @app.post("/api/runs/{workflow_id}/approvals/{call_id}/deny")
     async def deny_call(
         workflow_id: WorkflowId,
-        call_id: Annotated[str, PathParam(min_length=1, max_length=_MAX_ID)],
+        call_id: CallId,
         body: Annotated[DenyBody, Body()],
     ) -> dict[str, bool]:
         """Deny a pending tool call; the model is told `reason` (409 when refused)."""
@@ -320,8 +483,10 @@ def create_app(database_url: str, *, token: str | None = None, allowed_hosts: Se
                 raise HTTPException(422, "Last-Event-ID must be an event offset.") from None
             if not 0 <= start <= _MAX_INT:
                 raise HTTPException(422, "Last-Event-ID must be an event offset.")
-        return StreamingResponse(
-            sse_stream(workflow_id, start, database_url),
+        client, release = live.acquire()
+        return _ReleasingStream(
+            sse_stream(workflow_id, start, client),
+            release,
             media_type="text/event-stream",
             headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
         )
@@ -342,7 +507,7 @@ class _GuardMiddleware:
     """`_Guard` (and the trusted-host check) as a FastAPI middleware, so it wraps error responses too."""
 
     def __init__(self, app: ASGIApp, token: str | None, allowed_hosts: Sequence[str] | None) -> None:
-        inner: ASGIApp = _Guard(app, token)
+        inner: ASGIApp = _Guard(_PathIds(app), token)
         if allowed_hosts is not None:
             inner = TrustedHostMiddleware(inner, allowed_hosts=list(allowed_hosts))
         self.app = inner
@@ -428,15 +593,18 @@ def event_json(offset: int, event: Any) -> dict[str, Any]:
     return data
 
 
-async def sse_stream(workflow_id: str, from_offset: int, database_url: str) -> AsyncIterator[str]:
-    """SSE messages for a run's events after `from_offset`, a comment every 15 s while idle, then `event: end`."""
+async def sse_stream(workflow_id: str, from_offset: int, client: DBOSClient) -> AsyncIterator[str]:
+    """SSE messages for a run's events after `from_offset`, a comment every 15 s while idle, then `event: end`.
+
+    Read through `client`, the console's shared one (left open).
+    """
     from ..streams import read_events
 
     queue: asyncio.Queue[tuple[int, Any] | BaseException | None] = asyncio.Queue()
 
     async def produce() -> None:
         try:
-            async for offset, event in read_events(workflow_id, from_offset=from_offset, database_url=database_url):
+            async for offset, event in read_events(workflow_id, from_offset=from_offset, client=client):
                 await queue.put((offset, event))
         except Exception as error:
             await queue.put(error)

@@ -36,7 +36,7 @@ from pydantic_ai.messages import (
 from pydantic_ai.run import AgentRunResult
 from pydantic_core import to_jsonable_python
 
-from ..config import _sqlite_path, redact_url
+from ..config import _sqlite_path, system_database_error
 
 __all__ = ["RUN_SUFFIXES", "STATUSES", "ConsoleData", "InvalidCursor", "RunNotFound"]
 
@@ -206,16 +206,18 @@ class ConsoleData:
 
     def __init__(self, database_url: str) -> None:
         sqlite_file = _sqlite_path(database_url)
-        if sqlite_file is not None and not sqlite_file.exists():
-            raise UserError(f"No DBOS system database at {database_url!r}: the file does not exist.")
+        if sqlite_file is not None and not sqlite_file.exists():  # DBOSClient would create an empty file
+            raise UserError(system_database_error(database_url, FileNotFoundError(str(sqlite_file))))
+        client: DBOSClient | None = None
         try:
-            self.client = DBOSClient(system_database_url=database_url)
-            self.client.list_workflows(limit=1, load_input=False, load_output=False)
+            client = DBOSClient(system_database_url=database_url)
+            client.list_workflows(limit=1, load_input=False, load_output=False)  # DBOS's tables are there
         except Exception as error:
-            raise UserError(
-                f"No DBOS system database at {redact_url(database_url)!r} ({type(error).__name__}). "
-                "Pass the URL your workers give DBOS, once one of them has launched."
-            ) from error
+            if client is not None:
+                client.destroy()
+            # Says whether the server is unreachable (and why), or the database is not one DBOS made.
+            raise UserError(system_database_error(database_url, error)) from error
+        self.client = client
         self.database_url = database_url
         sys_db = self.client._sys_db
         self._engine: sa.Engine = sys_db.engine
