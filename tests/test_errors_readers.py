@@ -98,3 +98,24 @@ def test_console_names_a_missing_postgres_database_and_one_without_dbos_tables()
     empty = CliRunner().invoke(app, ["console", "--database-url", f"{server}/postgres"])  # a database, not DBOS's
     assert empty.exit_code == 2
     assert "No DBOS system database" in empty.output and "Cannot reach" not in empty.output
+
+
+@pytest.mark.parametrize("surface", ["python", "cli"])
+def test_approvals_on_an_unreachable_server_say_connection_refused(surface: str, tmp_path: Path) -> None:
+    from dbos_pydantic_ai import list_pending_approvals
+
+    if surface == "python":
+        with pytest.raises(UserError) as caught:
+            list_pending_approvals(database_url=UNREACHABLE)
+        output = str(caught.value)
+    else:
+        result = CliRunner().invoke(app, ["approvals", "list", "--database-url", UNREACHABLE])
+        assert result.exit_code != 0
+        output = " ".join(result.output.split())
+    assert "Connection refused" in output and "Cannot reach PostgreSQL" in output, output
+    assert "No DBOS system database" not in output
+
+    typo = tmp_path / "typo.sqlite"
+    with pytest.raises(UserError, match="the file does not exist"):
+        list_pending_approvals(database_url=f"sqlite:///{typo}")
+    assert not typo.exists()

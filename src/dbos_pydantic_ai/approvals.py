@@ -42,7 +42,7 @@ from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from ._compat import dbos_launched, launched_system_database, with_dbos_db_retry
-from .config import _sqlite_path, redact_url
+from .config import _sqlite_path, system_database_error
 
 __all__ = [
     "ApprovalRejected",
@@ -421,7 +421,7 @@ def _connect(database_url: str | None) -> Iterator[_Connection]:
         sqlite_file = _sqlite_path(database_url)
         if sqlite_file is not None:
             if not sqlite_file.exists():
-                raise UserError(f"No DBOS system database at {database_url!r}: the file does not exist.")
+                raise UserError(system_database_error(database_url, FileNotFoundError(str(sqlite_file))))
             engine, schema = _sqlite_engine(database_url), None
         else:
             engine, schema = sa.create_engine(sa.make_url(database_url).set(drivername="postgresql+psycopg")), "dbos"
@@ -431,10 +431,7 @@ def _connect(database_url: str | None) -> Iterator[_Connection]:
             client.list_workflows(limit=1, load_input=False, load_output=False)  # DBOS's tables are there
         except Exception as error:
             engine.dispose()
-            raise UserError(
-                f"No DBOS system database at {redact_url(database_url)!r} ({type(error).__name__}). "
-                "Pass the URL your workers give DBOS, once one of them has launched."
-            ) from error
+            raise UserError(system_database_error(database_url, error)) from error
     try:
         if owned:
             table = _decisions_table(schema)
