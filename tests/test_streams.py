@@ -14,6 +14,8 @@ import itertools
 import json
 import sys
 import textwrap
+import threading
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -56,10 +58,13 @@ def weather(city: str) -> str:
 class WeatherModel:
     """Streams a `weather` call, then the answer in chunks. `gate`: hold after the first chunk until it is set.
 
+    The model runs on the process's durable loop, not the test's, so the gate is a thread-safe event that the model
+    polls rather than an asyncio one.
+
     `fail_first`: the first answer attempt streams two chunks, then fails (a DBOS retry runs it again).
     """
 
-    gate: asyncio.Event | None = None
+    gate: threading.Event | None = None
     fail_first: bool = False
     answer_attempts: int = 0
     gate_timed_out: bool = False
@@ -77,10 +82,10 @@ class WeatherModel:
         for index, chunk in enumerate(ANSWER):
             yield chunk
             if index == 0 and self.gate is not None:
-                try:
-                    await asyncio.wait_for(self.gate.wait(), WAIT)
-                except TimeoutError:
-                    self.gate_timed_out = True
+                deadline = time.monotonic() + WAIT
+                while not self.gate.is_set() and time.monotonic() < deadline:
+                    await asyncio.sleep(0.01)
+                self.gate_timed_out = not self.gate.is_set()
 
 
 def streaming_agent(name: str, model: WeatherModel, **kwargs: Any) -> DBOSAgent[None, str]:
@@ -143,7 +148,7 @@ async def test_live_reader_sees_deltas_while_the_model_is_still_answering(
     agent_name: str, launch_dbos: Callable[[], None]
 ) -> None:
     """The model holds its answer after the first chunk until the reader has seen that chunk."""
-    gate = asyncio.Event()
+    gate = threading.Event()
     model = WeatherModel(gate=gate)
     durable = streaming_agent(agent_name, model)
     launch_dbos()
@@ -260,7 +265,7 @@ async def test_reader_in_another_process_with_only_the_database_url(
     agent_name: str, launch_dbos: Callable[[], None], database_url: str
 ) -> None:
     """A separate Python process, given only the URL, follows the run live: the model waits until it saw a chunk."""
-    gate = asyncio.Event()
+    gate = threading.Event()
     model = WeatherModel(gate=gate)
     durable = streaming_agent(agent_name, model)
     launch_dbos()
