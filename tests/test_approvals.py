@@ -41,7 +41,13 @@ from dbos_pydantic_ai import (
     list_pending_approvals,
     list_pending_approvals_async,
 )
-from dbos_pydantic_ai.approvals import APPROVALS_EVENT, CHECK_STEP, DECISION_TOPIC, DECISIONS_TABLE, TIMEOUT_STEP
+from dbos_pydantic_ai.names import (
+    APPROVALS_EVENT,
+    DECISION_TOPIC,
+    DECISIONS_TABLE,
+    approvals_check_step,
+    approvals_timeout_step,
+)
 
 RunMode = Literal["async", "sync"]
 WAIT_SECONDS = 60.0
@@ -310,7 +316,7 @@ async def test_timeout_denies_the_remaining_calls(
     assert (row["tool_call_id"], row["decision"], row["wait_id"]) == ("c1", "timed_out", state["wait_id"])
     assert row["args_digest"] == approval_args_digest("refund", {"amount": 10})
     assert row["decided_at_epoch_ms"] == int(state["decided"]["c1"]["at"] * 1000)
-    assert TIMEOUT_STEP.format(agent=agent_name) in await step_names("wf-timeout")
+    assert approvals_timeout_step(agent_name) in await step_names("wf-timeout")
     with pytest.raises(ApprovalRejected, match="is SUCCESS, not waiting"):
         await approve_async("wf-timeout", "c1", args_digest=approval_args_digest("refund", {"amount": 10}))
 
@@ -343,7 +349,7 @@ async def test_a_bare_send_of_a_decision_is_not_carried_out(
     assert state["ignored"] == [{"tool_call_id": "c1", "problem": f"no such decision in {DECISIONS_TABLE}"}]
     assert state["decided"] == {} and decision_rows(database_url, "wf-bare") == []
     assert executed == [] and not task.done()
-    assert CHECK_STEP.format(agent=agent_name) in await step_names("wf-bare")  # judged in a recorded step
+    assert approvals_check_step(agent_name) in await step_names("wf-bare")  # judged in a recorded step
     assert [p.tool_call_id for p in await list_pending_approvals_async()] == ["c1"]  # still waiting
 
     await deny_async("wf-bare", "c1", args_digest=pending.args_digest, reason="no")
@@ -385,7 +391,7 @@ async def test_a_decision_recorded_before_the_timeout_step_is_carried_out(
     finally:
         engine.dispose()
 
-    timeout_step = TIMEOUT_STEP.format(agent=agent_name)
+    timeout_step = approvals_timeout_step(agent_name)
 
     async def timed_out() -> bool:
         return timeout_step in await step_names("wf-won")

@@ -22,7 +22,7 @@ from pydantic_ai.messages import ModelMessage, ModelRequest, ModelResponse, Text
 from pydantic_ai.models.function import AgentInfo, FunctionModel
 
 from dbos_pydantic_ai import ApprovalRejected, DBOSAgent, approval_args_digest, approve
-from dbos_pydantic_ai.approvals import APPROVALS_EVENT, TIMEOUT_STEP
+from dbos_pydantic_ai.names import APPROVALS_EVENT, approvals_timeout_step
 from test_approvals import decision_rows, finish, start, step_names
 
 RUNS = 40
@@ -114,7 +114,7 @@ async def test_accepted_decisions_are_exactly_the_ones_carried_out(
         if not attempt.accepted:
             assert any(reason in attempt.refusal for reason in LATE_REASONS), report
     assert len(rows) == RUNS
-    timeout_step = TIMEOUT_STEP.format(agent=agent_name)
+    timeout_step = approvals_timeout_step(agent_name)
     for attempt in attempts:
         if not attempt.accepted:  # refused: the run's timeout step recorded `timed_out` for it
             assert timeout_step in await step_names(attempt.workflow_id)

@@ -65,7 +65,7 @@ def retry_state(
 
     from .config import check_database_url
     from .exceptions import DatabaseUnreachableError
-    from .retries import RETRY_EVENT
+    from .names import RETRY_EVENT
 
     try:
         check_database_url(database_url)

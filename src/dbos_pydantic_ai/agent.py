@@ -47,6 +47,8 @@ from ._steps import in_workflow
 from .approvals import timeout_seconds, wait_for_decisions
 from .config import StepConfig, validate_step_config
 from .model import DBOSModel
+from .names import run_sync_workflow as run_sync_workflow_name
+from .names import run_workflow as run_workflow_name
 from .retries import DEFAULT_MODEL_RETRY, ModelRetryPolicy
 from .streams import (
     durable_run_events,
@@ -340,8 +342,8 @@ class DBOSAgent(WrapperAgent[AgentDepsT, OutputDataT]):
             # The same run, on the process's durable loop, where its model and MCP requests go anyway.
             return run_on_durable_loop(run_workflow(user_prompt, **inputs))
 
-        self._run_workflow = DBOS.workflow(name=f"{agent_name}.run")(run_workflow)
-        self._run_sync_workflow = DBOS.workflow(name=f"{agent_name}.run_sync")(run_sync_workflow)
+        self._run_workflow = DBOS.workflow(name=run_workflow_name(agent_name))(run_workflow)
+        self._run_sync_workflow = DBOS.workflow(name=run_sync_workflow_name(agent_name))(run_sync_workflow)
         _registered_names.add(agent_name)
 
     @property

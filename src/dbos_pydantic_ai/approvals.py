@@ -43,6 +43,15 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from ._compat import dbos_launched, launched_system_database, with_dbos_db_retry
 from .config import _sqlite_path, system_database_error
+from .names import (
+    APPROVALS_EVENT,
+    DECISION_TOPIC,
+    DECISIONS_TABLE,
+    approvals_check_step,
+    approvals_timeout_step,
+    approvals_wait_step,
+    decision_idempotency_key,
+)
 
 __all__ = [
     "ApprovalRejected",
@@ -58,18 +67,6 @@ __all__ = [
     "list_pending_approvals_async",
 ]
 
-APPROVALS_EVENT = "dbos_pydantic_ai.approvals"
-"""The DBOS event key under which a waiting run publishes its pending calls."""
-DECISION_TOPIC = "dbos_pydantic_ai.approval_decision"
-"""The DBOS message topic on which a waiting run receives decisions."""
-DECISIONS_TABLE = "dbos_pai_approval_decisions"
-"""The table of decisions, one row per call and wait: the arbiter between humans and the timeout, and the audit log."""
-WAIT_STEP = "{agent}__approvals.wait"
-"""The step that records when a wait began (the deadline counts from it) and names the wait (its step id)."""
-CHECK_STEP = "{agent}__approvals.check"
-"""The step that reads the table's row for a received decision: the run acts only on recorded decisions."""
-TIMEOUT_STEP = "{agent}__approvals.timeout"
-"""The step, at the deadline, that records `timed_out` for the calls still open and reads back every row of the wait."""
 TIMED_OUT = "timed_out"
 """The decision the run records for a call nobody decided before the deadline."""
 
@@ -187,7 +184,7 @@ async def wait_for_decisions(
     """
     workflow_id = DBOS.workflow_id
     assert workflow_id is not None, "approvals wait only inside a workflow"
-    started = await DBOS.run_step_async({"name": WAIT_STEP.format(agent=agent_name)}, _wait_started)
+    started = await DBOS.run_step_async({"name": approvals_wait_step(agent_name)}, _wait_started)
     wait_id: int = started["wait_id"]
     deadline = None if timeout is None else started["at"] + timeout
     entries = [
@@ -224,7 +221,7 @@ async def wait_for_decisions(
                 continue
             assert timeout is not None
             rows_at_deadline = await DBOS.run_step_async(
-                {"name": TIMEOUT_STEP.format(agent=agent_name)},
+                {"name": approvals_timeout_step(agent_name)},
                 _time_out_open_calls,
                 workflow_id,
                 wait_id,
@@ -251,7 +248,7 @@ async def wait_for_decisions(
                 row = rows_at_deadline.get(call_id)
             else:
                 row = await DBOS.run_step_async(
-                    {"name": CHECK_STEP.format(agent=agent_name)}, _recorded_decision, workflow_id, wait_id, call_id
+                    {"name": approvals_check_step(agent_name)}, _recorded_decision, workflow_id, wait_id, call_id
                 )
             problem = _unrecorded_problem(message, row)
         if problem is not None:
@@ -591,7 +588,7 @@ def _decide(
                     workflow_id,
                     message,
                     DECISION_TOPIC,
-                    idempotency_key=f"dbos_pai_decision:{wait_id}:{tool_call_id}",
+                    idempotency_key=decision_idempotency_key(wait_id, tool_call_id),
                 )
         except sa.exc.IntegrityError:
             if inserted:

@@ -27,6 +27,7 @@ from ._compat import mcp_explicit_id
 from ._durable_loop import on_durable_loop
 from ._steps import in_workflow, run_reserved_step, run_step, step_options
 from .config import StepConfig
+from .names import mcp_step_prefix
 from .tools import ToolCallOrder
 
 __all__ = ["DBOSMCPToolset", "mcp_toolset_id"]
@@ -56,7 +57,7 @@ class DBOSMCPToolset(WrapperToolset[Any]):
     _tool_defs: list[ToolDefinition] | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
-        prefix = f"{self.step_name_prefix}__mcp_server__{mcp_toolset_id(self.mcp)}"
+        prefix = mcp_step_prefix(self.step_name_prefix, mcp_toolset_id(self.mcp))
         self._get_tools_options: StepOptions = step_options(f"{prefix}.get_tools", self.step_config)
         self._call_tool_options: StepOptions = step_options(f"{prefix}.call_tool", self.step_config)
         self._instructions_options: StepOptions = step_options(f"{prefix}.get_instructions", self.step_config)

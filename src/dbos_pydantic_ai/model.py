@@ -27,9 +27,9 @@ from pydantic_ai.tools import RunContext
 from ._durable_loop import on_durable_loop, relay_from_durable_loop
 from ._steps import in_workflow, portable_exception, run_step, step_options
 from .config import StepConfig, validate_step_config
+from .names import RETRY_EVENT, model_request_step, model_request_stream_step
 from .retries import (
     DEFAULT_MODEL_RETRY,
-    RETRY_EVENT,
     FailedAttempt,
     ModelRetryPolicy,
     is_transient,
@@ -68,8 +68,8 @@ class DBOSModel(WrapperModel):
         self.step_name_prefix = step_name_prefix
         self.event_stream_handler = event_stream_handler
         self.retry = None if config else retry
-        self._request_options = step_options(f"{step_name_prefix}__model.request", config)
-        self._stream_options = step_options(f"{step_name_prefix}__model.request_stream", config)
+        self._request_options = step_options(model_request_step(step_name_prefix), config)
+        self._stream_options = step_options(model_request_stream_step(step_name_prefix), config)
 
     async def request(
         self,

@@ -36,6 +36,8 @@ from pydantic_ai.exceptions import (
     UserError,
 )
 
+from .names import RETRY_EVENT
+
 __all__ = [
     "DEFAULT_MODEL_RETRY",
     "RETRY_EVENT",
@@ -45,9 +47,6 @@ __all__ = [
     "is_transient",
 ]
 
-RETRY_EVENT = "dbos_pydantic_ai.model_retry"
-"""The DBOS event key under which a run publishes its retry state: waiting (attempt, next try, last error),
-recovered, or gave up."""
 
 _TRANSIENT_CATEGORIES = (
     ModelRateLimitError,

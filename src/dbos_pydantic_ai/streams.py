@@ -48,6 +48,7 @@ from pydantic_ai.run import AgentRunResult, AgentRunResultEvent
 from pydantic_ai.tools import RunContext
 
 from .exceptions import DatabaseUnreachableError
+from .names import STREAM_KEY
 
 __all__ = [
     "STREAM_KEY",
@@ -60,8 +61,6 @@ __all__ = [
     "read_events",
 ]
 
-STREAM_KEY = "dbos_pydantic_ai.events"
-"""The key of the DBOS stream, in the run's workflow, that holds its events."""
 
 DEFAULT_POLLING_INTERVAL_SEC = 0.1
 """How often a reader looks for new events when the database does not push them (SQLite, `DBOSClient`)."""

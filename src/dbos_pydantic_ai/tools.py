@@ -36,6 +36,7 @@ from pydantic_ai.toolsets.function import FunctionToolsetTool
 from ._serialization import ensure_storable_result
 from ._steps import in_workflow, run_reserved_step, step_options
 from .config import StepConfig
+from .names import durable_tool_step
 
 __all__ = ["DBOSFunctionToolset", "durable_tool_names", "is_dbos_function"]
 
@@ -107,7 +108,7 @@ class DBOSFunctionToolset(WrapperToolset[Any]):
         tools = self.wrapped.tools
         self._dbos_tools = frozenset(name for name, tool in tools.items() if is_dbos_function(tool.function))
         self._durable_options = {
-            name: step_options(f"{self.step_name_prefix}__tool.{name}", self.step_config)
+            name: step_options(durable_tool_step(self.step_name_prefix, name), self.step_config)
             for name in self.durable
             if name in tools
         }

@@ -27,7 +27,7 @@ from crash_harness import CrashRun, WorkerProcess
 from pydantic_ai.exceptions import UserError
 
 from dbos_pydantic_ai import ApprovalRejected, PendingApproval, approve, list_pending_approvals
-from dbos_pydantic_ai.approvals import TIMEOUT_STEP
+from dbos_pydantic_ai.names import approvals_timeout_step
 from test_approvals import decision_rows
 
 pytestmark = [pytest.mark.crash, pytest.mark.timeout(300)]
@@ -172,9 +172,7 @@ def test_a_deadline_that_passes_while_no_worker_runs(crash_run: Callable[..., Cr
     ]
     assert all(row["decided_at_epoch_ms"] >= int(deadline * 1000) for row in rows)
     steps = run.step_names()
-    assert (
-        f"{AGENT}__approvals.timeout" == TIMEOUT_STEP.format(agent=AGENT) and TIMEOUT_STEP.format(agent=AGENT) in steps
-    )
+    assert f"{AGENT}__approvals.timeout" == approvals_timeout_step(AGENT) and approvals_timeout_step(AGENT) in steps
     assert f"{AGENT}__tool.refund" not in steps
 
 

@@ -34,7 +34,8 @@ from pydantic_ai.models.openai import OpenAIChatModel
 from pydantic_ai.providers.openai import OpenAIProvider
 
 from dbos_pydantic_ai import DBOSAgent, ModelRetryPolicy, continue_run
-from dbos_pydantic_ai.retries import RETRY_EVENT, FailedAttempt
+from dbos_pydantic_ai.names import RETRY_EVENT
+from dbos_pydantic_ai.retries import FailedAttempt
 from run_modes import RunMode, run_in_mode
 
 SCRIPT = [

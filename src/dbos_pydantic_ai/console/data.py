@@ -37,14 +37,20 @@ from pydantic_ai.run import AgentRunResult
 from pydantic_core import to_jsonable_python
 
 from ..config import _sqlite_path, system_database_error
+from ..names import (
+    APPROVALS_STEP_MARKER,
+    DURABLE_TOOL_STEP_MARKER,
+    MCP_STEP_MARKER,
+    MODEL_STEP_SUFFIXES,
+    RUN_WORKFLOW_SUFFIXES,
+)
 
 __all__ = ["RUN_SUFFIXES", "STATUSES", "ConsoleData", "InvalidCursor", "RunNotFound"]
 
-RUN_SUFFIXES = (".run", ".run_sync")
+RUN_SUFFIXES = RUN_WORKFLOW_SUFFIXES
 """A durable agent run is a workflow named `{agent}.run` or `{agent}.run_sync`."""
 STATUSES = ("PENDING", "ENQUEUED", "DELAYED", "SUCCESS", "ERROR", "CANCELLED", "MAX_RECOVERY_ATTEMPTS_EXCEEDED")
 FINISHED = frozenset({"SUCCESS", "ERROR", "CANCELLED", "MAX_RECOVERY_ATTEMPTS_EXCEEDED"})
-_MODEL_STEP_SUFFIXES = ("__model.request", "__model.request_stream")
 _WAIT_STEPS = frozenset({"DBOS.recv", "DBOS.sleep", "DBOS.getEvent"})
 _SUMMARY_CACHE_SIZE = 20_000
 
@@ -110,13 +116,13 @@ def model_cost(response: ModelResponse) -> float | None:
 
 def step_kind(name: str, child_workflow_id: str | None) -> str:
     """How the timeline groups a step: model, tool, mcp, wait, child or other."""
-    if name.endswith(_MODEL_STEP_SUFFIXES):
+    if name.endswith(MODEL_STEP_SUFFIXES):
         return "model"
-    if "__mcp_server__" in name:
+    if MCP_STEP_MARKER in name:
         return "mcp"
-    if "__tool." in name:
+    if DURABLE_TOOL_STEP_MARKER in name:
         return "tool"
-    if name in _WAIT_STEPS or name.endswith("__approvals.wait"):
+    if name in _WAIT_STEPS or APPROVALS_STEP_MARKER in name:
         return "wait"
     if child_workflow_id is not None:
         return "child"
@@ -335,7 +341,7 @@ class ConsoleData:
         requests = []
         for step in steps:
             response = step["output"]
-            if not step["function_name"].endswith(_MODEL_STEP_SUFFIXES) or not isinstance(response, ModelResponse):
+            if not step["function_name"].endswith(MODEL_STEP_SUFFIXES) or not isinstance(response, ModelResponse):
                 continue
             started, completed = step["started_at_epoch_ms"], step["completed_at_epoch_ms"]
             requests.append(
@@ -407,7 +413,7 @@ class ConsoleData:
         model_steps = [
             step
             for step in steps
-            if step["function_name"].endswith(_MODEL_STEP_SUFFIXES) and isinstance(step["output"], ModelResponse)
+            if step["function_name"].endswith(MODEL_STEP_SUFFIXES) and isinstance(step["output"], ModelResponse)
         ]
         result = status.output
         if isinstance(result, AgentRunResult):
