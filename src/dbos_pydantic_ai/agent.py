@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import sys
 from collections.abc import (
-    AsyncIterable,
     AsyncIterator,
     Awaitable,
     Callable,
@@ -33,7 +32,6 @@ from pydantic_ai import CancellationToken, _utils
 from pydantic_ai.agent import AbstractAgent, EventStreamHandler, WrapperAgent
 from pydantic_ai.capabilities import AbstractCapability
 from pydantic_ai.exceptions import UserError
-from pydantic_ai.messages import AgentStreamEvent, PartDeltaEvent, PartEndEvent, PartStartEvent
 from pydantic_ai.models import Model, parse_model_id
 from pydantic_ai.output import OutputDataT
 from pydantic_ai.run import AgentRun, AgentRunResult
@@ -42,22 +40,22 @@ from pydantic_ai.toolsets import AbstractToolset, FunctionToolset
 
 from ._compat import check_no_nested_sync_run, dbos_launched
 from ._durable_loop import run_on_durable_loop
+from ._events import run_handlers
 from ._serialization import ensure_serializable
 from ._steps import in_workflow
 from .approvals import timeout_seconds, wait_for_decisions
 from .config import StepConfig, validate_step_config
 from .model import DBOSModel
+from .names import STREAM_EVENTS_INPUT, STREAMED_INPUT
 from .names import run_sync_workflow as run_sync_workflow_name
 from .names import run_workflow as run_workflow_name
 from .retries import DEFAULT_MODEL_RETRY, ModelRetryPolicy
 from .streams import (
     durable_run_events,
     durable_streamed_run,
-    record_model_events,
-    record_run_events,
     recorded_run_async,
 )
-from .tools import DBOSFunctionToolset, ToolCallOrder, durable_tool_names, is_dbos_function
+from .tools import DBOSFunctionToolset, ToolCallOrder, durable_tool_names
 
 if TYPE_CHECKING:
     from pydantic_ai.mcp import MCPToolset
@@ -84,18 +82,6 @@ class _LiveRunArgs:
 
 
 _NO_LIVE_RUN_ARGS = _LiveRunArgs()
-
-# Workflow input that marks a run started with a per-run event stream handler (see `_workflow_inputs`).
-_STREAMED = "_dbos_pydantic_ai_streamed"
-# Workflow input that marks a run recording its events in a DBOS stream (`stream_events=True`, see streams.py).
-_STREAM_EVENTS = "_dbos_pydantic_ai_stream_events"
-
-
-async def _ignore_events(ctx: RunContext[Any], events: AsyncIterable[AgentStreamEvent]) -> None:
-    """Stands in for a per-run handler that a recovered run no longer has, so its requests still stream."""
-    async for _ in events:
-        pass
-
 
 _live_run_args: ContextVar[_LiveRunArgs] = ContextVar("dbos_pydantic_ai_live_run_args", default=_NO_LIVE_RUN_ARGS)
 
@@ -196,40 +182,6 @@ class _DurableRun(AbstractCapability[Any]):
                 step_config=agent._tool_step_config,
             )
         return toolset
-
-
-def _tool_events_only(handler: EventStreamHandler[Any]) -> EventStreamHandler[Any]:
-    """The run's event stream handler minus model-part events, which the model step already delivered live.
-
-    The events of a tool node are produced while its tools run: whoever iterates them drives the
-    tools. A handler that is itself a DBOS step must therefore not iterate them, or the tools would
-    run inside its step; it is called once per event instead (one step each), from workflow code.
-    """
-    per_event = is_dbos_function(handler)
-
-    async def forward(ctx: RunContext[Any], events: AsyncIterable[AgentStreamEvent]) -> None:
-        remaining = (e async for e in events if not isinstance(e, PartStartEvent | PartDeltaEvent | PartEndEvent))
-        if per_event:
-            async for event in remaining:
-                await handler(ctx, _one(event))
-            return
-        try:
-            first = await anext(remaining)
-        except StopAsyncIteration:
-            return  # a node with nothing new for the handler: don't call it
-
-        async def chained() -> AsyncIterator[AgentStreamEvent]:
-            yield first
-            async for event in remaining:
-                yield event
-
-        await handler(ctx, chained())
-
-    return forward
-
-
-async def _one(event: AgentStreamEvent) -> AsyncIterator[AgentStreamEvent]:
-    yield event
 
 
 # --- DBOSAgent ----------------------------------------------------------------------------------
@@ -335,7 +287,7 @@ class DBOSAgent(WrapperAgent[AgentDepsT, OutputDataT]):
         # DBOS decorates functions, not bound methods: register closures over this agent.
         async def run_workflow(user_prompt: Any = None, **inputs: Any) -> AgentRunResult[Any]:
             with self._durable_run(inputs) as run_args:
-                async with recorded_run_async(inputs.get(_STREAM_EVENTS, False)):
+                async with recorded_run_async(inputs.get(STREAM_EVENTS_INPUT, False)):
                     return await self.wrapped.run(user_prompt, **run_args)
 
         def run_sync_workflow(user_prompt: Any = None, **inputs: Any) -> AgentRunResult[Any]:
@@ -465,9 +417,9 @@ class DBOSAgent(WrapperAgent[AgentDepsT, OutputDataT]):
         """
         inputs = {key: value for key, value in run_args.items() if value is not None}
         if streamed and self.event_stream_handler is None:
-            inputs[_STREAMED] = True
+            inputs[STREAMED_INPUT] = True
         if self._stream_events:
-            inputs[_STREAM_EVENTS] = True  # stored: a recovered run records its events even if the flag changed
+            inputs[STREAM_EVENTS_INPUT] = True  # stored: a recovered run records its events even if the flag changed
         model = self._model_input(run_args.get("model"))
         inputs.pop("model", None)
         if model is not None:
@@ -480,20 +432,19 @@ class DBOSAgent(WrapperAgent[AgentDepsT, OutputDataT]):
         """Inside the workflow: the wrapped agent's run arguments, with the durable capability added."""
         live = _live_run_args.get()
         run_args = dict(inputs)
-        streamed = run_args.pop(_STREAMED, False)
-        recorded = run_args.pop(_STREAM_EVENTS, False)
-        handler = live.event_stream_handler or self.event_stream_handler or (_ignore_events if streamed else None)
+        handlers = run_handlers(
+            live.event_stream_handler or self.event_stream_handler,
+            streamed=run_args.pop(STREAMED_INPUT, False),
+            recorded=run_args.pop(STREAM_EVENTS_INPUT, False),
+        )
         run_args["model"] = self._resolve_model(inputs.get("model"))
         run_args["capabilities"] = [
             *inputs.get("capabilities", ()),
-            _DurableRun(self, record_model_events(handler) if recorded else handler, run_id=DBOS.workflow_id),
+            _DurableRun(self, handlers.model, run_id=DBOS.workflow_id),
         ]
         run_args["infer_name"] = False
-        tool_handler = _tool_events_only(handler) if handler is not None else None
-        if recorded:
-            tool_handler = record_run_events(tool_handler)
-        if tool_handler is not None:
-            run_args["event_stream_handler"] = tool_handler
+        if handlers.run is not None:
+            run_args["event_stream_handler"] = handlers.run
         if live.cancellation_token is not None:
             run_args["cancellation_token"] = live.cancellation_token
         with self.wrapped.parallel_tool_call_execution_mode(self._parallel_execution_mode):

@@ -17,6 +17,8 @@ __all__ = [
     "MODEL_STEP_SUFFIXES",
     "RETRY_EVENT",
     "RUN_WORKFLOW_SUFFIXES",
+    "STREAMED_INPUT",
+    "STREAM_EVENTS_INPUT",
     "STREAM_KEY",
     "approvals_check_step",
     "approvals_timeout_step",
@@ -45,6 +47,14 @@ def run_sync_workflow(agent: str) -> str:
 
 RUN_WORKFLOW_SUFFIXES = (".run", ".run_sync")
 """How a workflow name ends when it is an agent run (the console lists these)."""
+
+STREAMED_INPUT = "_dbos_pydantic_ai_streamed"
+"""A run's stored input that marks it was started with a per-run event stream handler: its model requests are
+streamed steps, and a recovery without the handler must stream them too to replay them."""
+
+STREAM_EVENTS_INPUT = "_dbos_pydantic_ai_stream_events"
+"""A run's stored input that marks it records its events in its DBOS stream (`stream_events=True`): stored, so a
+recovered run records them even if the agent's flag changed."""
 
 # --- Steps ----------------------------------------------------------------------------------------
 

@@ -292,7 +292,7 @@ class _ReaderState:
 
 
 def _default_database_url(database_url: str | None) -> str | None:
-    from .agent import dbos_launched
+    from ._compat import dbos_launched
 
     if database_url is not None or dbos_launched():
         return database_url
