@@ -6,6 +6,7 @@ requests and MCP calls checkpointed steps, so a run survives a crash without red
 
 from .agent import DBOSAgent, DBOSParallelExecutionMode
 from .approvals import (
+    ApprovalInbox,
     ApprovalRejected,
     PendingApproval,
     approval_args_digest,
@@ -43,6 +44,7 @@ def __getattr__(name: str) -> object:
 
 
 __all__ = [
+    "ApprovalInbox",
     "ApprovalRejected",
     "DBOSAgent",
     "DBOSMCPToolset",

@@ -38,12 +38,12 @@ from pydantic_ai.run import AgentRun, AgentRunResult
 from pydantic_ai.tools import AgentDepsT, DeferredToolRequests, DeferredToolResults, RunContext
 from pydantic_ai.toolsets import AbstractToolset, FunctionToolset
 
+from ._approval_wait import timeout_seconds, wait_for_decisions
 from ._compat import check_no_nested_sync_run, dbos_launched
 from ._durable_loop import run_on_durable_loop
 from ._events import run_handlers
 from ._serialization import ensure_serializable
 from ._steps import in_workflow
-from .approvals import timeout_seconds, wait_for_decisions
 from .config import StepConfig, validate_step_config
 from .model import DBOSModel
 from .names import STREAM_EVENTS_INPUT, STREAMED_INPUT
