@@ -3,6 +3,8 @@
 Every command reads the system database from `--database-url` or `DBOS_SYSTEM_DATABASE_URL`, so it
 works from any machine that can reach the workers' database. Without `--digest`, a decision uses the
 digest of the arguments the command printed, which it read from the pending list a moment before.
+A decision takes the call id or a prefix of it that only one call of the run still waiting has (the table
+shows short ones: a full id does not fit an 80-column terminal).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 if TYPE_CHECKING:
@@ -44,12 +47,66 @@ Digest = Annotated[
 
 
 def _fail(message: str, code: int) -> typer.Exit:
-    error_console.print(f"[bold red]{'Rejected' if code == 1 else 'Error'}:[/] {message}")
+    error_console.print(f"[bold red]{'Rejected' if code == 1 else 'Error'}:[/] {escape(message)}")
     return typer.Exit(code=code)
+
+
+SHORT_CALL_ID = 12  # characters of a call id the table shows, more only where two calls of a run share them
 
 
 def _call_text(pending: PendingApproval) -> str:
     return f"{pending.tool_name}({json.dumps(pending.args, ensure_ascii=False, sort_keys=True)})"
+
+
+def short_call_ids(pending: list[PendingApproval]) -> dict[tuple[str, str], str]:
+    """The shortest prefix of each call id, from `SHORT_CALL_ID` characters on, that no other call of its run has.
+
+    Keyed by (workflow id, tool call id); a prefix shown here is always accepted by approve/deny/deliver.
+    """
+    by_run: dict[str, list[str]] = {}
+    for p in pending:
+        by_run.setdefault(p.workflow_id, []).append(p.tool_call_id)
+    short: dict[tuple[str, str], str] = {}
+    for run, ids in by_run.items():
+        for call in ids:
+            length = SHORT_CALL_ID
+            while length < len(call) and any(o != call and o.startswith(call[:length]) for o in ids):
+                length += 1
+            short[(run, call)] = call[:length]
+    return short
+
+
+class AmbiguousCall(Exception):
+    """A call id prefix that more than one waiting call of the run starts with."""
+
+
+def resolve_call(pending: list[PendingApproval], run: str, call: str) -> PendingApproval | None:
+    """The waiting call of `run` whose id is `call`, or else the only one whose id starts with `call`.
+
+    None when no waiting call matches (the decision API then names the reason: decided, timed out, no such call).
+    """
+    calls = [p for p in pending if p.workflow_id == run]
+    exact = next((p for p in calls if p.tool_call_id == call), None)
+    if exact is not None:
+        return exact
+    matches = [p for p in calls if p.tool_call_id.startswith(call)]
+    if len(matches) > 1:
+        listed = "; ".join(f"{p.tool_call_id} {_call_text(p)}" for p in matches)
+        raise AmbiguousCall(
+            f"{call!r} is the start of {len(matches)} calls waiting in run {run!r}: {listed}. "
+            "Give more characters of the call id."
+        )
+    return matches[0] if matches else None
+
+
+def _waiting_calls(pending: list[PendingApproval], run: str) -> str:
+    """A sentence listing the calls of `run` that still wait, for a message about a call id that matched none."""
+    calls = [p for p in pending if p.workflow_id == run]
+    if not calls:
+        return f"No call of run {run!r} is waiting for a decision."
+    return f"Calls of run {run!r} waiting for a decision: " + "; ".join(
+        f"{p.tool_call_id} {_call_text(p)}" for p in calls
+    )
 
 
 @approvals_app.command("list")
@@ -87,39 +144,54 @@ def list_(
     if not pending:
         console.print("No tool calls are waiting for a decision.")
         return
-    table = Table(title="Waiting for a decision")
-    for column in ("Run", "Agent", "Call", "Kind", "Tool call", "Digest", "Asked (UTC)", "Deadline (UTC)"):
-        table.add_column(column, overflow="fold")
+    # Four columns, two lines a call: it fits an 80-column terminal. Ids and arguments are data, not markup.
+    table = Table(
+        title="Waiting for a decision",
+        caption="Call: enough of the call id for approve, deny and deliver; --json shows it whole.",
+        caption_justify="left",
+    )
+    table.add_column("Run / agent", overflow="fold", ratio=1)
+    table.add_column("Call / digest", no_wrap=True)
+    table.add_column("Tool call / kind", overflow="fold", ratio=1)
+    table.add_column("Asked / due (UTC)", no_wrap=True)
+    short = short_call_ids(pending)
     for p in pending:
+        due = p.deadline.strftime("%Y-%m-%d %H:%M:%S") if p.deadline else "no deadline"
         table.add_row(
-            p.workflow_id,
-            p.agent_name,
-            p.tool_call_id,
-            p.kind,
-            _call_text(p),
-            p.args_digest[:12],
-            p.requested_at.strftime("%Y-%m-%d %H:%M:%S"),
-            p.deadline.strftime("%Y-%m-%d %H:%M:%S") if p.deadline else "none",
+            f"{escape(p.workflow_id)}\n[dim]{escape(p.agent_name)}[/]",
+            f"{escape(short[(p.workflow_id, p.tool_call_id)])}\n[dim]{p.args_digest[:12]}[/]",
+            f"{escape(_call_text(p))}\n[dim]{p.kind}[/]",
+            f"{p.requested_at.strftime('%Y-%m-%d %H:%M:%S')}\n[dim]{due}[/]",
         )
     console.print(table)
 
 
 def _decide(run: str, call: str, digest: str | None, database_url: str, decide: Any, verb: str) -> None:
-    """Resolve the digest from the pending list (printing what is decided on), then make the decision."""
+    """Resolve the call id and the digest from the pending list (printing what is decided on), then decide.
+
+    `decide(call_id, digest)` makes the decision with the full call id.
+    """
     from .approvals import ApprovalRejected, list_pending_approvals
 
+    if not call.strip():
+        raise _fail("the call id is empty: pass the id (or its start) that `approvals list` shows.", 2)
+    waiting: list[PendingApproval] = []
     try:
-        pending = next(
-            (p for p in list_pending_approvals(workflow_id=run, database_url=database_url) if p.tool_call_id == call),
-            None,
-        )
-        if pending is not None and (digest is None or (len(digest) >= 8 and pending.args_digest.startswith(digest))):
-            digest = pending.args_digest
-            console.print(f"{verb} {_call_text(pending)} [call {call} of run {run}, digest {digest[:12]}]")
+        waiting = list_pending_approvals(workflow_id=run, database_url=database_url)
+        pending = resolve_call(waiting, run, call)
+        if pending is not None:
+            call = pending.tool_call_id
+            if digest is None or (len(digest) >= 8 and pending.args_digest.startswith(digest)):
+                digest = pending.args_digest
+                what = f"{verb} {_call_text(pending)} [call {call} of run {run}, digest {digest[:12]}]"
+                console.print(escape(what))  # ids and arguments are data, not markup
         # Not pending (or another digest): the API names the exact reason and sends nothing.
-        decide(digest or "")
+        decide(call, digest or "")
+    except AmbiguousCall as error:
+        raise _fail(str(error), 2) from None
     except ApprovalRejected as error:
-        raise _fail(str(error), 1) from None
+        matched = any(p.tool_call_id == call for p in waiting)
+        raise _fail(str(error) if matched else f"{error} {_waiting_calls(waiting, run)}", 1) from None
     except Exception as error:
         raise _fail(f"{type(error).__name__}: {error}", 2) from None
     console.print("[green]Sent:[/] the run continues once every pending call of this wait is decided.")
@@ -128,7 +200,7 @@ def _decide(run: str, call: str, digest: str | None, database_url: str, decide: 
 @approvals_app.command()
 def approve(
     run: Annotated[str, typer.Argument(help="The run's workflow id.")],
-    call: Annotated[str, typer.Argument(help="The tool call id.")],
+    call: Annotated[str, typer.Argument(help="The tool call id, or its start as `approvals list` shows it.")],
     database_url: DatabaseUrl,
     digest: Digest = None,
     override_args: Annotated[
@@ -149,7 +221,7 @@ def approve(
         call,
         digest,
         database_url,
-        lambda d: approve_call(run, call, args_digest=d, override_args=overrides, database_url=database_url),
+        lambda c, d: approve_call(run, c, args_digest=d, override_args=overrides, database_url=database_url),
         "Approving",
     )
 
@@ -157,7 +229,7 @@ def approve(
 @approvals_app.command()
 def deny(
     run: Annotated[str, typer.Argument(help="The run's workflow id.")],
-    call: Annotated[str, typer.Argument(help="The tool call id.")],
+    call: Annotated[str, typer.Argument(help="The tool call id, or its start as `approvals list` shows it.")],
     database_url: DatabaseUrl,
     reason: Annotated[str | None, typer.Option(help="Why: the model sees it.")] = None,
     digest: Digest = None,
@@ -170,7 +242,7 @@ def deny(
         call,
         digest,
         database_url,
-        lambda d: deny_call(run, call, args_digest=d, reason=reason, database_url=database_url),
+        lambda c, d: deny_call(run, c, args_digest=d, reason=reason, database_url=database_url),
         "Denying",
     )
 
@@ -178,7 +250,7 @@ def deny(
 @approvals_app.command()
 def deliver(
     run: Annotated[str, typer.Argument(help="The run's workflow id.")],
-    call: Annotated[str, typer.Argument(help="The tool call id.")],
+    call: Annotated[str, typer.Argument(help="The tool call id, or its start as `approvals list` shows it.")],
     result: Annotated[str, typer.Option(help="The call's result, as JSON (a JSON string for plain text).")],
     database_url: DatabaseUrl,
     digest: Digest = None,
@@ -195,6 +267,6 @@ def deliver(
         call,
         digest,
         database_url,
-        lambda d: deliver_result(run, call, args_digest=d, result=value, database_url=database_url),
+        lambda c, d: deliver_result(run, c, args_digest=d, result=value, database_url=database_url),
         "Delivering the result of",
     )

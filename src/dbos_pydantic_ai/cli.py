@@ -75,12 +75,25 @@ def demo(
         ),
     ] = None,
     keep: Annotated[bool, typer.Option(help="Keep the temporary directory instead of deleting it.")] = False,
+    base_url: Annotated[
+        str | None,
+        typer.Option(
+            help="An OpenAI-compatible server (llama.cpp, vLLM, Ollama), e.g. 'http://127.0.0.1:8080/v1', used via "
+            "Chat Completions; --model is then the name of a model it serves.",
+        ),
+    ] = None,
+    api_key: Annotated[
+        str | None,
+        typer.Option(help="API key for --base-url. Default: OPENAI_API_KEY if set; local servers usually need none."),
+    ] = None,
 ) -> None:
     """Kill a durable agent's worker with SIGKILL mid-run, relaunch it, and show that nothing finished is redone."""
     from .demo import DemoError, DemoOptions, run_demo
     from .exceptions import DatabaseUnreachableError
 
-    options = DemoOptions(model=model, database_url=database_url, workdir=workdir, keep=keep)
+    options = DemoOptions(
+        model=model, database_url=database_url, workdir=workdir, keep=keep, base_url=base_url, api_key=api_key
+    )
     try:
         result = run_demo(options, console)
     except (DemoError, DatabaseUnreachableError) as error:

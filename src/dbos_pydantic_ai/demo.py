@@ -19,14 +19,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
@@ -42,7 +47,17 @@ if TYPE_CHECKING:
     from dbos import WorkflowHandle
     from pydantic_ai.run import AgentRunResult
 
-__all__ = ["DemoError", "DemoOptions", "DemoResult", "StepReport", "check_model", "run_demo", "worker_main"]
+__all__ = [
+    "DemoError",
+    "DemoOptions",
+    "DemoResult",
+    "StepReport",
+    "check_base_url",
+    "check_model",
+    "console_hint",
+    "run_demo",
+    "worker_main",
+]
 
 # --- Settings shared by the parent and the workers ------------------------------------------------
 
@@ -65,6 +80,8 @@ SCRIPTED_KILL_REQUEST = 3  # kill while the scripted model's third request (its 
 REAL_MODEL_KILL_REQUEST = 2  # with a real model: right after the first request and its tool calls completed
 HOLD_SECONDS = 120.0  # how long worker 1 waits to be killed before giving up
 WORKER_TIMEOUT_SECONDS = 180.0
+BASE_URL_CHECK_SECONDS = 10.0  # how long the parent waits for an answer from --base-url before giving up
+CONSOLE_PORT = 8765  # `dbos-pydantic-ai console`'s default port
 
 
 class DemoError(Exception):
@@ -164,11 +181,15 @@ def _describe_response(response: Any) -> str:
     return f"answers {text[:40] + '…' if len(text) > 40 else text!r}"
 
 
-def build_agent(model_name: str | None, recorder: ExecutionRecorder, ledger: Path) -> Any:
-    """The support agent as a `DBOSAgent`: both tools durable, every execution recorded."""
+def build_agent(model_name: str | None, recorder: ExecutionRecorder, ledger: Path, base_url: str | None = None) -> Any:
+    """The support agent as a `DBOSAgent`: both tools durable, every execution recorded.
+
+    With `base_url`, `model_name` is a model served by the OpenAI-compatible server there, used through Chat
+    Completions (the API key, if any, comes from `OPENAI_API_KEY`).
+    """
     from pydantic_ai import Agent
     from pydantic_ai.messages import ModelResponse
-    from pydantic_ai.models import infer_model
+    from pydantic_ai.models import Model, infer_model
     from pydantic_ai.models.function import FunctionModel
     from pydantic_ai.models.wrapper import WrapperModel
 
@@ -184,9 +205,16 @@ def build_agent(model_name: str | None, recorder: ExecutionRecorder, ledger: Pat
                 outcome["summary"] = _describe_response(response)
             return response
 
-    inner = (
-        FunctionModel(scripted_support_model, model_name="scripted") if model_name is None else infer_model(model_name)
-    )
+    inner: Model
+    if model_name is None:
+        inner = FunctionModel(scripted_support_model, model_name="scripted")
+    elif base_url is not None:
+        from pydantic_ai.models.openai import OpenAIChatModel
+        from pydantic_ai.providers.openai import OpenAIProvider
+
+        inner = OpenAIChatModel(model_name, provider=OpenAIProvider(base_url=base_url))
+    else:
+        inner = infer_model(model_name)
     agent = Agent(RecordedModel(inner), name=AGENT_NAME, instructions=INSTRUCTIONS)
 
     @agent.tool_plain
@@ -227,6 +255,7 @@ def worker_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--role", choices=["start", "recover"], required=True)
     parser.add_argument("--hold-at-request", type=int, default=None)
     parser.add_argument("--model", default=None)
+    parser.add_argument("--base-url", default=None)
     parser.add_argument("--launch-when", type=Path, default=None, help="wait for this file before launching DBOS")
     args = parser.parse_args(argv)
 
@@ -235,7 +264,7 @@ def worker_main(argv: list[str] | None = None) -> int:
     from .config import dbos_config
 
     recorder = ExecutionRecorder(args.workdir / LOG_FILE, worker=args.worker, hold_at_request=args.hold_at_request)
-    durable = build_agent(args.model, recorder, args.workdir / LEDGER_FILE)  # before launch: DBOS registers it
+    durable = build_agent(args.model, recorder, args.workdir / LEDGER_FILE, args.base_url)  # before launch: registers
     config = dbos_config(
         APP_NAME,
         database_url=args.database_url,
@@ -272,10 +301,12 @@ def worker_main(argv: list[str] | None = None) -> int:
 class DemoOptions:
     """What `dbos-pydantic-ai demo` was asked for."""
 
-    model: str | None = None  # a pydantic-ai model name; None: the scripted local model
+    model: str | None = None  # a pydantic-ai model name (with base_url: a model the server serves); None: scripted
     database_url: str | None = None  # default: a SQLite file in the work directory
     workdir: Path | None = None  # default: a temporary directory, removed afterwards unless `keep`
     keep: bool = False
+    base_url: str | None = None  # an OpenAI-compatible server (llama.cpp, vLLM, Ollama, ...), used via Chat Completions
+    api_key: str | None = None  # for base_url; default: OPENAI_API_KEY if set (local servers usually need none)
 
 
 @dataclass
@@ -342,6 +373,102 @@ def check_model(model_name: str) -> None:
         raise DemoError(f"Cannot use model {model_name!r}: {error}") from None
 
 
+def check_base_url(options: DemoOptions) -> None:
+    """Raise `DemoError` unless `--base-url` (with `--model` and `--api-key`) can be used: checked before any worker.
+
+    The server must answer HTTP at the URL (any status: some servers have no `GET /models`).
+    """
+    if options.base_url is None:
+        if options.api_key is not None:
+            raise DemoError(
+                "--api-key goes with --base-url. For --model PROVIDER:NAME, set the provider's key variable "
+                "(e.g. OPENAI_API_KEY) instead."
+            )
+        return
+    url = urllib.parse.urlsplit(options.base_url)
+    if url.scheme not in ("http", "https") or not url.hostname:
+        raise DemoError(
+            f"--base-url {options.base_url!r} is not an http(s) URL: pass the root of the server's OpenAI-compatible "
+            "API, e.g. http://127.0.0.1:8080/v1 (llama.cpp), http://127.0.0.1:8000/v1 (vLLM), "
+            "http://127.0.0.1:11434/v1 (Ollama)."
+        )
+    if not options.model:
+        raise DemoError(
+            f"--base-url needs --model NAME: the name of a model the server at {options.base_url} serves "
+            "(e.g. 'llama3.2:1b' for Ollama, the name `vllm serve` was given, llama.cpp's --alias)."
+        )
+    if not _importable("openai"):
+        raise DemoError(
+            "--base-url talks to the server with the OpenAI SDK, which is not installed: "
+            "pip install -e '.[openai]' (or pip install 'pydantic-ai-slim[openai]')."
+        )
+    probe = urllib.request.Request(options.base_url.rstrip("/") + "/models", method="GET")
+    try:
+        with urllib.request.urlopen(probe, timeout=BASE_URL_CHECK_SECONDS):
+            pass
+    except urllib.error.HTTPError:
+        pass  # it answered: a server without `GET /models`, or one that wants a key for it
+    except (urllib.error.URLError, OSError) as error:
+        reason = getattr(error, "reason", error)
+        raise DemoError(
+            f"Nothing answers at --base-url {options.base_url} ({reason}). Start the server (e.g. `llama-server`, "
+            "`vllm serve`, `ollama serve`) or fix the URL."
+        ) from None
+
+
+def _importable(module: str) -> bool:
+    """Whether `module` is installed, without importing it."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a finder that refuses it; a module without a spec
+        return False
+
+
+def _model_line(options: DemoOptions) -> str:
+    """The model, as the demo's panel shows it."""
+    from .config import redact_url
+
+    if options.model is None:
+        return "scripted FunctionModel (local, no API key)"
+    if options.base_url is not None:
+        return f"{options.model} at {redact_url(options.base_url)} (OpenAI-compatible Chat Completions)"
+    return options.model
+
+
+def _program() -> str:
+    """How to call this command again: its bare name when that is the one on PATH, else the path it was run as."""
+    argv0 = sys.argv[0]
+    if Path(argv0).name != "dbos-pydantic-ai":
+        return "dbos-pydantic-ai"  # `python -m dbos_pydantic_ai` (or a test): the console script of the same install
+    on_path = shutil.which("dbos-pydantic-ai")
+    same = on_path is not None and Path(on_path).resolve() == Path(argv0).resolve()
+    return "dbos-pydantic-ai" if same else argv0
+
+
+def console_hint(database_url: str, workflow_id: str, *, deleted: bool, program: str = "dbos-pydantic-ai") -> str:
+    """The demo's last lines: the one command that shows the run in the web console.
+
+    `deleted`: the database was a file in the temporary directory the demo just removed; the hint then says
+    how to keep it (`--workdir DIR`) and shows the command for that directory.
+    """
+    from .config import redact_url
+
+    if deleted:
+        return (
+            "The database was in a temporary directory, now deleted. Keep it with --workdir DIR "
+            f"(`{program} demo --workdir demo-run`), then see the run in the web console with:\n"
+            f"  {program} console --database-url sqlite:///demo-run/demo.sqlite"
+        )
+    shown = redact_url(database_url)
+    lines = [f"See the run in the web console, http://127.0.0.1:{CONSOLE_PORT}/#/run/{workflow_id}, with:"]
+    if not (_importable("fastapi") and _importable("uvicorn")):
+        lines[0] = lines[0].removesuffix(":") + " (after installing the console extra: pip install -e '.[console]'):"
+    if shown != database_url:
+        lines[0] = lines[0].removesuffix(":") + " (put your password back in place of ***):"
+    lines.append(f"  {program} console --database-url {shlex.quote(shown)}")
+    return "\n".join(lines)
+
+
 @contextmanager
 def _workdir(options: DemoOptions, console: Console) -> Iterator[Path]:
     """The directory for the SQLite file, the execution log and worker output; temporary by default."""
@@ -354,7 +481,7 @@ def _workdir(options: DemoOptions, console: Console) -> Iterator[Path]:
         yield path
     finally:
         if options.keep:
-            console.print(f"[dim]Kept the database, execution log and worker output in {path}[/]")
+            console.print(f"[dim]Kept the database, execution log and worker output in {path}[/]", soft_wrap=True)
         else:
             shutil.rmtree(path, ignore_errors=True)
 
@@ -362,14 +489,15 @@ def _workdir(options: DemoOptions, console: Console) -> Iterator[Path]:
 class _Worker:
     """A worker subprocess; its stdout and stderr go to `worker-N.out` in the work directory."""
 
-    def __init__(self, number: int, role: str, args: list[str], workdir: Path) -> None:
+    def __init__(
+        self, number: int, role: str, args: list[str], workdir: Path, env: Mapping[str, str] | None = None
+    ) -> None:
         self.number = number
         self.output = workdir / f"worker-{number}.out"
         command = [sys.executable, "-m", "dbos_pydantic_ai.demo", "worker", "--worker", str(number), "--role", role]
+        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         with self.output.open("w") as out:
-            self.process = subprocess.Popen(
-                [*command, *args], stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"}
-            )
+            self.process = subprocess.Popen([*command, *args], stdout=out, stderr=subprocess.STDOUT, env=full_env)
 
     def stop(self) -> None:
         """Kill the worker if it is still running (a demo that failed half-way leaves no process behind)."""
@@ -504,7 +632,8 @@ def run_demo(options: DemoOptions, console: Console) -> DemoResult:
     """Run the demo end to end, printing progress to `console`, and return what it observed."""
     from .config import check_database_url, redact_url
 
-    if options.model is not None:
+    check_base_url(options)
+    if options.model is not None and options.base_url is None:
         check_model(options.model)
     with _workdir(options, console) as workdir:
         database_url = options.database_url or f"sqlite:///{workdir / 'demo.sqlite'}"
@@ -517,13 +646,16 @@ def run_demo(options: DemoOptions, console: Console) -> DemoResult:
         kill_request = SCRIPTED_KILL_REQUEST if options.model is None else REAL_MODEL_KILL_REQUEST
         shared = ["--database-url", database_url, "--workdir", str(workdir), "--executor-id", executor_id]
         shared += ["--workflow-id", workflow_id, *(["--model", options.model] if options.model else [])]
+        shared += ["--base-url", options.base_url] if options.base_url else []
+        # The key goes in the environment, not on the command line where `ps` shows it.
+        worker_env = {"OPENAI_API_KEY": options.api_key} if options.api_key is not None else {}
 
         console.print(
             Panel(
                 f"A support agent looks up an order, refunds it with a durable tool, and answers.\n"
                 f"Its worker is killed with SIGKILL while model request {kill_request} is in flight,\n"
                 f"then relaunched.\n\n"
-                f"Model     {options.model or 'scripted FunctionModel (local, no API key)'}\n"
+                f"Model     {_model_line(options)}\n"
                 f"Database  {redact_url(database_url)}\n"
                 f"Workflow  {workflow_id}   executor {executor_id}   version {APP_VERSION}",
                 title="[bold]dbos-pydantic-ai demo: crash recovery[/]",
@@ -533,8 +665,8 @@ def run_demo(options: DemoOptions, console: Console) -> DemoResult:
         follower = _LogFollower(workdir / LOG_FILE, console)
         relaunch = workdir / "relaunch"  # worker 2 launches DBOS only once this file exists
         console.print(f"[bold cyan]▶ Worker 1[/] starts the run: {PROMPT!r}")
-        first = _Worker(1, "start", [*shared, "--hold-at-request", str(kill_request)], workdir)
-        second = _Worker(2, "recover", [*shared, "--launch-when", str(relaunch)], workdir)
+        first = _Worker(1, "start", [*shared, "--hold-at-request", str(kill_request)], workdir, worker_env)
+        second = _Worker(2, "recover", [*shared, "--launch-when", str(relaunch)], workdir, worker_env)
         try:
             killed = _kill_first_worker(first, follower, kill_request, console)
             if killed:
@@ -550,7 +682,11 @@ def run_demo(options: DemoOptions, console: Console) -> DemoResult:
             second.stop()
         result = _collect(workflow_id, database_url, workdir, killed)
         show_result(result, console)
-        return result
+    # After the temporary directory is gone (or kept): the last lines say where the run can be seen.
+    deleted = options.database_url is None and options.workdir is None and not options.keep
+    hint = console_hint(database_url, workflow_id, deleted=deleted, program=_program())
+    console.print(hint, soft_wrap=True, markup=False, highlight=False)  # one line per command: copy and paste
+    return result
 
 
 def _collect(workflow_id: str, database_url: str, workdir: Path, killed: bool) -> DemoResult:
