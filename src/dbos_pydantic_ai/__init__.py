@@ -20,9 +20,10 @@ from .approvals import (
     list_pending_approvals_async,
 )
 from .config import StepConfig, dbos_config
-from .exceptions import DatabaseUnreachableError, NotSerializableError, StepFailedError
+from .exceptions import DatabaseUnreachableError, NotSerializableError, RunAlreadyActiveError, StepFailedError
 from .model import DBOSModel
 from .retries import ModelRetryPolicy, continue_run, is_transient
+from .runs import RunHandle, start_run, start_run_async
 from .streams import (
     DurableRunEvents,
     DurableStreamedRun,
@@ -59,6 +60,8 @@ __all__ = [
     "ModelRetryPolicy",
     "NotSerializableError",
     "PendingApproval",
+    "RunAlreadyActiveError",
+    "RunHandle",
     "StepConfig",
     "StepFailedError",
     "Superseded",
@@ -75,4 +78,6 @@ __all__ = [
     "list_pending_approvals",
     "list_pending_approvals_async",
     "read_events",
+    "start_run",
+    "start_run_async",
 ]

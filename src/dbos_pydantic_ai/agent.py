@@ -50,6 +50,7 @@ from .names import STREAM_EVENTS_INPUT, STREAMED_INPUT
 from .names import run_sync_workflow as run_sync_workflow_name
 from .names import run_workflow as run_workflow_name
 from .retries import DEFAULT_MODEL_RETRY, ModelRetryPolicy
+from .runs import RunHandle, StartOptions, check_start_options, refuse_live_run_args, start_here, start_here_async
 from .streams import (
     durable_run_events,
     durable_streamed_run,
@@ -514,6 +515,65 @@ class DBOSAgent(WrapperAgent[AgentDepsT, OutputDataT]):
         inputs = self._workflow_inputs(user_prompt, run_args, streamed=event_stream_handler is not None)
         with self._live(event_stream_handler, cancellation_token):
             return self._run_sync_workflow(user_prompt, **inputs)
+
+    # --- Public API: starting runs without waiting for them ---------------------------------
+
+    def _start_inputs(self, user_prompt: Any, options: StartOptions, run_args: dict[str, Any]) -> dict[str, Any]:
+        """Check a start before anything is written: its options, the launched DBOS, and that its inputs store."""
+        check_start_options(options, caller="start")
+        refuse_live_run_args(run_args, caller="start")
+        if not dbos_launched():
+            raise UserError(
+                f"`start()` of DBOSAgent {self.name!r} needs a launched DBOS: it starts the durable workflow "
+                f"{run_workflow_name(self.name)!r} and returns without waiting. Call DBOS.launch() first, or use "
+                "`start_run(name, prompt, database_url=..., queue=...)` from a process that does not run agents."
+            )
+        return self._workflow_inputs(user_prompt, run_args, streamed=False)
+
+    async def start(
+        self,
+        user_prompt: Any = None,
+        *,
+        queue: str | None = None,
+        workflow_id: str | None = None,
+        deduplication_id: str | None = None,
+        priority: int | None = None,
+        **run_args: Any,
+    ) -> RunHandle:
+        """Start a durable run, the workflow `{name}.run` itself, and return its `RunHandle` without waiting.
+
+        Takes `run()`'s arguments, checked to be storable before anything is written, except the live-only
+        `event_stream_handler` and `cancellation_token` (refused: the run is not tied to the caller). Without
+        `queue` the run starts at once in this process, on DBOS's event loop, so it outlives the caller's loop.
+
+        Args:
+            queue: Enqueue it on this DBOS queue (registered with `DBOS.register_queue`): a worker listening to it
+                runs it, within the queue's concurrency and rate limits (see docs/fleet.md).
+            workflow_id: The run's id (default: a new UUID). Starting again with the id of an existing run returns it.
+            deduplication_id: With `queue`: at most one queued or running run per id; a second start is refused
+                with `RunAlreadyActiveError`, which names the active run.
+            priority: With `queue`: 1 (dequeued first) to 2**31-1; runs without one are dequeued first of all.
+        """
+        options = StartOptions(queue, workflow_id, deduplication_id, priority)
+        inputs = self._start_inputs(user_prompt, options, run_args)
+        started = await start_here_async(self._run_workflow, user_prompt, inputs, options)
+        return RunHandle(started, stream_events=self._stream_events)
+
+    def start_sync(
+        self,
+        user_prompt: Any = None,
+        *,
+        queue: str | None = None,
+        workflow_id: str | None = None,
+        deduplication_id: str | None = None,
+        priority: int | None = None,
+        **run_args: Any,
+    ) -> RunHandle:
+        """`start()` from sync code: the same `{name}.run` workflow, started or enqueued without waiting."""
+        options = StartOptions(queue, workflow_id, deduplication_id, priority)
+        inputs = self._start_inputs(user_prompt, options, run_args)
+        started = start_here(self._run_workflow, user_prompt, inputs, options)
+        return RunHandle(started, stream_events=self._stream_events)
 
     # --- Public API: the rest of the agent ---------------------------------------------------
 

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from pydantic_ai.exceptions import UserError
 
-__all__ = ["DatabaseUnreachableError", "NotSerializableError", "StepFailedError", "UserError"]
+__all__ = [
+    "DatabaseUnreachableError",
+    "NotSerializableError",
+    "RunAlreadyActiveError",
+    "StepFailedError",
+    "UserError",
+]
 
 
 class DatabaseUnreachableError(UserError):
@@ -13,6 +19,27 @@ class DatabaseUnreachableError(UserError):
 
 class NotSerializableError(UserError):
     """A durable run was given an input that DBOS cannot store, so it could not be resumed after a crash."""
+
+
+class RunAlreadyActiveError(UserError):
+    """A run was started with a deduplication id that a run still queued or running on that queue holds.
+
+    `workflow_id` names that active run (None if it ended between the refusal and the look-up), so a caller can
+    wait for it, show it, or cancel it.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        workflow_id: str | None = None,
+        deduplication_id: str | None = None,
+        queue: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.workflow_id = workflow_id
+        self.deduplication_id = deduplication_id
+        self.queue = queue
 
 
 class StepFailedError(Exception):
