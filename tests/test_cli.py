@@ -7,21 +7,30 @@ steps, the refund ledger its side-effecting tool writes, and the workflow's step
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import os
 import re
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
 import pytest
-from dbos import DBOSClient
+from dbos import DBOS, DBOSClient, SetWorkflowID
+from pydantic_ai import Agent
+from pydantic_ai.exceptions import UnexpectedModelBehavior
+from pydantic_ai.messages import ModelMessage, ModelResponse, TextPart
+from pydantic_ai.models.function import AgentInfo, FunctionModel
+from typer.testing import CliRunner
 
+from dbos_pydantic_ai import DBOSAgent
+from dbos_pydantic_ai.cli import TAIL_NO_EVENTS, TAIL_RUN_FAILED, app
 from dbos_pydantic_ai.demo import DemoResult, StepReport, _step_reports
 
 VENV_BIN = Path(sys.executable).parent
@@ -105,6 +114,10 @@ def assert_recovered_run(output: str, workdir: Path, database_url: str) -> None:
 
 
 # --- The demo, end to end ---------------------------------------------------------------------------
+
+
+# Two demo tests run on SQLite only, by what they test: the demo with no --database-url (its zero-setup default is a
+# SQLite file in a temporary directory, and what becomes of that directory). Every other demo test runs on both.
 
 
 @pytest.mark.crash
@@ -213,12 +226,15 @@ def fake_openai() -> Iterator[FakeOpenAI]:
 
 @pytest.mark.crash
 def test_demo_with_a_model_name_kills_after_the_first_completed_request(
-    fake_openai: FakeOpenAI, tmp_path: Path
+    fake_openai: FakeOpenAI, tmp_path: Path, database_url: str
 ) -> None:
-    """`--model` uses that model; the kill comes while request 2 is in flight, so request 1 is paid for once."""
+    """`--model` uses that model; the kill comes while request 2 is in flight, so request 1 is paid for once.
+
+    On SQLite and on PostgreSQL (`--database-url`)."""
     workdir = tmp_path / "demo"
     env = {"OPENAI_API_KEY": "test-key", "OPENAI_BASE_URL": fake_openai.base_url}
-    result = run_cli(["demo", "--model", "openai-chat:gpt-4o", "--workdir", str(workdir)], env=env)
+    args = ["demo", "--model", "openai-chat:gpt-4o", "--workdir", str(workdir), "--database-url", database_url]
+    result = run_cli(args, env=env)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Model     openai-chat:gpt-4o" in result.stdout
     assert table_rows(result.stdout) == [
@@ -241,6 +257,110 @@ def test_demo_with_a_model_name_kills_after_the_first_completed_request(
         (2, "model request 3"),
     ]
     assert len(read_jsonl(workdir / "refunds.jsonl")) == 1
+    workflow_id = re.search(r"demo-refund-[0-9a-f]{8}", result.stdout).group(0)  # type: ignore[union-attr]
+    client = DBOSClient(system_database_url=database_url)  # the run is in the database the demo was given
+    try:
+        status = client.retrieve_workflow(workflow_id).get_status()
+    finally:
+        client.destroy()
+    assert status.status == "SUCCESS" and (status.recovery_attempts or 0) >= 2
+    assert not (workdir / "demo.sqlite").exists()  # no default database beside it
+
+
+# --- tail: why nothing was printed, in its exit code ----------------------------------------------------
+
+
+def story_model(fail: bool) -> FunctionModel:
+    """Streams a short answer; with `fail`, breaks off after the first chunk with an error that is not retried."""
+
+    async def stream(messages: list[ModelMessage], info: AgentInfo) -> AsyncIterator[str]:
+        yield "Once upon "
+        if fail:
+            raise UnexpectedModelBehavior("the model broke off mid-answer")
+        yield "a time."
+
+    def whole(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:  # a run without stream_events
+        if fail:
+            raise UnexpectedModelBehavior("the model broke off mid-answer")
+        return ModelResponse(parts=[TextPart("Once upon a time.")])
+
+    return FunctionModel(whole, stream_function=stream)
+
+
+def run_to_end(durable: DBOSAgent[None, str], workflow_id: str) -> None:
+    with SetWorkflowID(workflow_id), contextlib.suppress(UnexpectedModelBehavior):
+        durable.run_sync("Tell me a story.")
+
+
+def test_tail_of_a_run_with_events_prints_them_and_exits_0(
+    agent_name: str, launch_dbos: Callable[[], None], database_url: str
+) -> None:
+    durable = DBOSAgent(Agent(story_model(fail=False), name=agent_name), stream_events=True)
+    launch_dbos()
+    run_to_end(durable, f"{agent_name}-ok")
+    shown = CliRunner().invoke(app, ["tail", f"{agent_name}-ok", "--database-url", database_url])
+    assert (shown.exit_code, shown.stdout.strip(), shown.stderr) == (0, "Once upon a time.", "")
+
+
+def test_tail_of_a_run_without_stream_events_says_why_and_exits_3(
+    agent_name: str, launch_dbos: Callable[[], None], database_url: str
+) -> None:
+    durable = DBOSAgent(Agent(story_model(fail=False), name=agent_name))  # no stream_events
+    launch_dbos()
+    run_to_end(durable, f"{agent_name}-plain")
+    shown = CliRunner().invoke(app, ["tail", f"{agent_name}-plain", "--database-url", database_url])
+    assert shown.exit_code == TAIL_NO_EVENTS == 3
+    assert shown.stdout == ""  # no blank line
+    assert "recording any events" in shown.stderr and "stream_events=True" in shown.stderr
+
+
+@pytest.mark.parametrize("stream_events", [True, False])
+def test_tail_of_a_failed_run_prints_its_error_and_exits_1(
+    agent_name: str, launch_dbos: Callable[[], None], database_url: str, stream_events: bool
+) -> None:
+    durable = DBOSAgent(Agent(story_model(fail=True), name=agent_name), stream_events=stream_events, model_retry=None)
+    launch_dbos()
+    run_to_end(durable, f"{agent_name}-failed")
+    shown = CliRunner().invoke(app, ["tail", f"{agent_name}-failed", "--database-url", database_url])
+    assert shown.exit_code == TAIL_RUN_FAILED == 1
+    assert f"Run {agent_name}-failed failed: UnexpectedModelBehavior: the model broke off mid-answer" in " ".join(
+        shown.stderr.split()
+    )
+    # What the run streamed before it failed is still shown (there is nothing without stream_events).
+    assert shown.stdout.strip() == ("Once upon" if stream_events else "")
+
+
+def test_tail_of_a_cancelled_run_says_so_and_exits_1(
+    agent_name: str, launch_dbos: Callable[[], None], database_url: str
+) -> None:
+    started, release = threading.Event(), threading.Event()
+
+    async def slow(messages: list[ModelMessage], info: AgentInfo) -> AsyncIterator[str]:
+        yield "Once upon "
+        started.set()
+        while not release.is_set():  # a thread-safe gate: the model runs on the durable loop's thread
+            await asyncio.sleep(0.01)
+        yield "a time."
+
+    durable = DBOSAgent(Agent(FunctionModel(stream_function=slow), name=agent_name), stream_events=True)
+    launch_dbos()
+    workflow_id = f"{agent_name}-cancelled"
+    runner = threading.Thread(target=run_to_end_quietly, args=(durable, workflow_id), daemon=True)
+    runner.start()
+    try:
+        assert started.wait(60), "the run never reached its model"
+        DBOS.cancel_workflow(workflow_id)
+    finally:
+        release.set()
+        runner.join(timeout=60)
+    shown = CliRunner().invoke(app, ["tail", workflow_id, "--database-url", database_url])
+    assert shown.exit_code == TAIL_RUN_FAILED
+    assert f"Run {workflow_id} was cancelled" in shown.stderr
+
+
+def run_to_end_quietly(durable: DBOSAgent[None, str], workflow_id: str) -> None:
+    with SetWorkflowID(workflow_id), contextlib.suppress(BaseException):  # cancelled on purpose
+        durable.run_sync("Tell me a story.")
 
 
 # --- Errors, help and version ------------------------------------------------------------------------

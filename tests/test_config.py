@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -15,7 +17,7 @@ from pydantic_ai.models.test import TestModel
 
 from dbos_pydantic_ai import DBOSAgent, dbos_config
 from dbos_pydantic_ai.config import check_database_url, redact_url
-from dbos_pydantic_ai.exceptions import DatabaseUnreachableError
+from dbos_pydantic_ai.exceptions import DatabaseUnreachableError, UserError
 
 Launch = Callable[[DBOSConfig], None]
 
@@ -168,3 +170,98 @@ def test_check_refuses_a_missing_role_but_accepts_a_missing_database() -> None:
     no_role = host.set(database="dbos_pai_not_created_yet_5e1b").render_as_string(hide_password=False)
     with pytest.raises(DatabaseUnreachableError, match='role "dbos_pai_no_such_role" does not exist'):
         dbos_config("app", database_url=no_role)
+
+
+# --- Logging: quiet by default --------------------------------------------------------------------------
+
+# A worker process: launches DBOS with dbos_config() (log_level from argv, if any) and runs `quiet.run_sync` under the
+# workflow id given. With "crash" its model blocks after saying so (the test kills it); else the run finishes.
+WORKER = """
+import sys, time
+from dbos import DBOS, SetWorkflowID
+from pydantic_ai import Agent
+from pydantic_ai.messages import ModelResponse, TextPart
+from pydantic_ai.models.function import FunctionModel
+from dbos_pydantic_ai import DBOSAgent, dbos_config
+
+mode, url, level, run_id = sys.argv[1:5]
+
+def model(messages, info):
+    if mode == "crash":
+        print("in the model", flush=True)
+        time.sleep(600)
+    return ModelResponse(parts=[TextPart("done")])
+
+durable = DBOSAgent(Agent(FunctionModel(model), name="quiet"))
+options = {} if level == "default" else {"log_level": level}
+DBOS(config=dbos_config("quiet_app", database_url=url, application_version="1", executor_id="w1", **options))
+DBOS.launch()
+with SetWorkflowID(run_id):
+    print("output:", durable.run_sync("hi").output, flush=True)
+DBOS.destroy()
+"""
+
+
+def worker_command(tmp_path: Path, mode: str, database_url: str, level: str, run_id: str) -> list[str]:
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+    return [sys.executable, str(script), mode, database_url, level, run_id]
+
+
+def run_worker(
+    tmp_path: Path, mode: str, database_url: str, level: str, run_id: str = "quiet-run"
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        worker_command(tmp_path, mode, database_url, level, run_id),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env={k: v for k, v in os.environ.items() if k != "DBOS_SYSTEM_DATABASE_URL"},
+    )
+
+
+def dbos_lines(stderr: str, level: str) -> list[str]:
+    """The lines DBOS's console handler wrote at `level` (its format: `HH:MM:SS [    INFO] (dbos:...) ...`)."""
+    return [line for line in stderr.splitlines() if f"[{level:>8}] (dbos:" in line]
+
+
+def test_dbos_is_quiet_by_default_and_log_level_turns_it_up(database_url: str, tmp_path: Path) -> None:
+    """A fresh database: DBOS's migrations and launch log nothing at the default level, a page of INFO at INFO."""
+    quiet = run_worker(tmp_path, "run", database_url, "default")
+    assert quiet.returncode == 0, quiet.stderr
+    assert "output: done" in quiet.stdout
+    assert dbos_lines(quiet.stderr, "INFO") == [] and quiet.stderr.strip() == "", quiet.stderr
+
+    loud = run_worker(tmp_path, "run", database_url, "info")  # a level name in any case; this database is migrated
+    assert loud.returncode == 0, loud.stderr
+    assert dbos_lines(loud.stderr, "INFO"), loud.stderr  # e.g. "Initializing DBOS", the application version
+
+
+def test_relaunch_warning_is_dropped_at_the_default_level(database_url: str, tmp_path: Path) -> None:
+    """A worker killed mid-run, relaunched, starts its run again: DBOS's harmless queue warning is not shown.
+
+    At INFO it is (so this test would see it if the filter stopped matching DBOS's text)."""
+    for level, shown in (("INFO", True), ("default", False)):
+        env = {k: v for k, v in os.environ.items() if k != "DBOS_SYSTEM_DATABASE_URL"}
+        run_id = f"relaunched-{level}"
+        crashed = subprocess.Popen(
+            worker_command(tmp_path, "crash", database_url, level, run_id),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            env=env,
+        )
+        try:
+            assert crashed.stdout is not None and crashed.stdout.readline().strip() == "in the model"
+        finally:
+            crashed.kill()
+            crashed.wait(timeout=30)
+        relaunched = run_worker(tmp_path, "run", database_url, level, run_id)
+        assert relaunched.returncode == 0 and "output: done" in relaunched.stdout, relaunched.stderr
+        assert ("Workflow already exists in queue" in relaunched.stderr) is shown, relaunched.stderr
+
+
+def test_an_unknown_log_level_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match=r"log_level='LOUD'.*WARNING"):
+        dbos_config("app", database_url=f"sqlite:///{tmp_path / 'app.sqlite'}", log_level="LOUD")

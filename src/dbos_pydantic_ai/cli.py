@@ -133,7 +133,8 @@ def tail(
         raise typer.Exit(code=2)
     progress = [from_offset]  # the last offset printed, kept up to date for an interrupt
     try:
-        asyncio.run(_tail(workflow_id, database_url, progress))
+        shown = asyncio.run(_tail(workflow_id, database_url, progress))
+        status, error_text = _final_status(workflow_id, database_url)
     except KeyboardInterrupt:
         error_console.print(f"\n[dim]stopped; continue with --from-offset {progress[0]}[/]")
         raise typer.Exit(code=130) from None
@@ -143,18 +144,61 @@ def tail(
     except Exception as error:  # a missing run, say: name it briefly
         error_console.print(f"[bold red]Error:[/] {type(error).__name__}: {error}")
         raise typer.Exit(code=2) from None
+    if status != "SUCCESS":
+        what = {"CANCELLED": "was cancelled", "ERROR": "failed"}.get(status, f"ended {status}")
+        reason = f": {error_text}" if error_text else "."
+        error_console.print(f"Run {workflow_id} {what}{reason}", markup=False, highlight=False)
+        raise typer.Exit(code=TAIL_RUN_FAILED)
+    if shown == 0 and from_offset == 0:
+        error_console.print(
+            f"Run {workflow_id} finished without recording any events: its agent was not created with "
+            "stream_events=True (DBOSAgent(agent, stream_events=True) records them). Its output is in the "
+            "console, or in DBOS's workflow result.",
+            markup=False,
+            highlight=False,
+        )
+        raise typer.Exit(code=TAIL_NO_EVENTS)
 
 
-async def _tail(workflow_id: str, database_url: str, progress: list[int]) -> None:
-    """Print the events of one run after offset `progress[0]` until it ends, updating `progress[0]`."""
+TAIL_RUN_FAILED = 1
+"""`tail`'s exit code when the run failed or was cancelled (its error is printed)."""
+TAIL_NO_EVENTS = 3
+"""`tail`'s exit code when the run finished without recording events (its agent had no stream_events=True)."""
+
+
+async def _tail(workflow_id: str, database_url: str, progress: list[int]) -> int:
+    """Print the events of one run after offset `progress[0]` until it ends, updating `progress[0]`.
+
+    Returns how many events were read.
+    """
     from .streams import read_events
 
+    count = 0
     async for offset, event in read_events(workflow_id, from_offset=progress[0], database_url=database_url):
+        count += 1
         text = render_event(event)
         if text:
             console.out(text, end="", highlight=False)
         progress[0] = offset
-    console.out("")
+    if count:
+        console.out("")
+    return count
+
+
+def _final_status(workflow_id: str, database_url: str) -> tuple[str, str | None]:
+    """The status of a run that has ended, and its error as `Type: message` (None when it has none)."""
+    from dbos import DBOSClient
+
+    client = DBOSClient(system_database_url=database_url)
+    try:
+        statuses = client.list_workflows(workflow_ids=[workflow_id], load_input=False, load_output=True)
+    finally:
+        client.destroy()
+    if not statuses:  # deleted while tail read it
+        return "UNKNOWN", "the run is no longer in the database"
+    error = statuses[0].error
+    text = None if error is None else (f"{type(error).__name__}: {error}" if str(error) else type(error).__name__)
+    return statuses[0].status, text
 
 
 def render_event(event: object) -> str:

@@ -7,6 +7,7 @@ is given, and a reachability check so a wrong URL fails at start-up with a messa
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import sqlite3
@@ -189,6 +190,28 @@ def _first_line(error: BaseException | None) -> str:
 
 # --- DBOS configuration ------------------------------------------------------------------------
 
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+# DBOS 3.4 (`_sys_db.py`) logs this when code starts a run with a workflow id that recovery already put back on
+# DBOS's internal queue: a relaunched worker that starts "its" run again. The call joins the recovered run, which
+# runs once; nothing is wrong. Checked against dbos 3.4.0; a changed text only lets the warning through again.
+_RELAUNCH_WARNING = "Workflow already exists in queue: _dbos_internal_queue, but the provided queue name is: None."
+
+
+class _RelaunchWarningFilter(logging.Filter):
+    """Drops DBOS's warning about starting a run that recovery has already re-enqueued (harmless, see above)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(_RELAUNCH_WARNING)
+
+
+def _show_relaunch_warning(shown: bool) -> None:
+    """Let DBOS's relaunch warning through (INFO, DEBUG), or drop it (the quiet levels)."""
+    logger = logging.getLogger("dbos")
+    for existing in [f for f in logger.filters if isinstance(f, _RelaunchWarningFilter)]:
+        logger.removeFilter(existing)
+    if not shown:
+        logger.addFilter(_RelaunchWarningFilter())
+
 
 def dbos_config(
     name: str,
@@ -197,6 +220,7 @@ def dbos_config(
     executor_id: str | None = None,
     application_version: str | None = None,
     check: bool = True,
+    log_level: str = "WARNING",
     **extra: Any,
 ) -> DBOSConfig:
     """A `DBOSConfig` for a durable-agent application.
@@ -211,6 +235,10 @@ def dbos_config(
         application_version: Pin the version DBOS stamps on runs. DBOS's default is a hash of the
             workflow code, so any code edit strands unfinished runs of the old version.
         check: Check now that the database can be reached, so a wrong URL fails here with a clear message.
+        log_level: The level of DBOS's own `dbos` logger. WARNING (the default) keeps the start-up quiet: DBOS
+            logs each of its schema migrations and its launch at INFO. Pass "INFO" or "DEBUG" to see them.
+            At the quiet levels DBOS's "Workflow already exists in queue: _dbos_internal_queue" warning is dropped
+            too: a relaunched worker that starts a run recovery already took up joins that run (configuration.md).
         extra: Any other `DBOSConfig` key, passed through.
 
     Example:
@@ -219,11 +247,15 @@ def dbos_config(
         DBOS.launch()
         ```
     """
+    level = log_level.upper() if isinstance(log_level, str) else log_level
+    if level not in _LOG_LEVELS:
+        raise UserError(f"dbos_config(log_level={log_level!r}): use one of {', '.join(_LOG_LEVELS)}.")
     url = database_url or os.environ.get("DBOS_SYSTEM_DATABASE_URL") or f"sqlite:///{name}.sqlite"
     if check:
         check_database_url(url)
     enable_sqlite_wal(url)
-    config: DBOSConfig = {"name": name, "system_database_url": url}
+    config: DBOSConfig = {"name": name, "system_database_url": url, "log_level": level}
+    _show_relaunch_warning(level in ("DEBUG", "INFO"))
     if executor_id is not None:
         config["executor_id"] = executor_id
     if application_version is not None:

@@ -1,8 +1,10 @@
 """The console's JSON API against a database filled by real durable runs, on SQLite and PostgreSQL.
 
 The runs come from `console_env` (conftest.py): succeeded, failed, cancelled, waiting for approval, a
-fork, a streamed run and a parent with a child run. Actions (approve, deny, cancel, resume, fork) act
-on fresh runs and are checked against what DBOS records; costs against genai-prices directly.
+fork, a streamed run, a parent with a child run and a run that gave up during a model outage; a run that
+waits to retry and a run recovered after its worker was killed are made by the tests that need them.
+Actions (approve, deny, cancel, resume, fork, continue) act on fresh runs and are checked against what
+DBOS records; costs against genai-prices directly.
 """
 
 from __future__ import annotations
@@ -12,15 +14,17 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import genai_prices
 import httpx2
 import pytest
-from console_support import LIVE_CHUNK, ConsoleEnv, ConsoleServer
+from console_support import CRASH_EXECUTOR, LIVE_CHUNK, OUTAGE_ERROR, ConsoleEnv, ConsoleServer
 from dbos import DBOS
 from fastapi.testclient import TestClient
 from pydantic_ai.messages import ModelResponse
@@ -83,6 +87,7 @@ def test_runs_table_lists_every_durable_run_newest_first(api: TestClient, consol
         "parent": "SUCCESS",
         "child": "SUCCESS",
     }
+    expected["gave_up"] = "ERROR"
     for key, status in expected.items():
         assert by_id[console_env.runs[key]]["status"] == status, key
     assert by_id[console_env.runs["waiting"]]["status"] == "PENDING"
@@ -102,9 +107,11 @@ def test_runs_table_lists_every_durable_run_newest_first(api: TestClient, consol
 
 def test_agents_are_the_names_of_agents_with_runs(api: TestClient) -> None:
     agents = get(api, "/api/agents")["agents"]
-    expected = ["console_expert", "console_flaky", "console_refunds", "console_research", "console_support"]
-    assert [a for a in agents if a != "console_writer"] == expected
-    assert "console_writer" in agents
+    expected = ["console_expert", "console_flaky", "console_outage", "console_refunds", "console_research"]
+    expected += ["console_support", "console_writer"]
+    assert agents == sorted(agents)
+    # Other tests of this module add runs of these agents (to a database shared by the module).
+    assert [a for a in agents if a not in ("console_patient", "console_crashy")] == expected
 
 
 def test_filters_and_keyset_pagination(api: TestClient, console_env: ConsoleEnv) -> None:
@@ -112,7 +119,9 @@ def test_filters_and_keyset_pagination(api: TestClient, console_env: ConsoleEnv)
     assert {run["agent"] for run in support} == {"console_support"}
     assert console_env.runs["succeeded"] in {run["workflow_id"] for run in support}
     errors = all_runs(api, status="ERROR")
-    assert [run["workflow_id"] for run in errors] == [console_env.runs["failed"]]
+    assert {run["status"] for run in errors} == {"ERROR"}
+    assert {console_env.runs["failed"], console_env.runs["gave_up"]} <= {run["workflow_id"] for run in errors}
+    assert console_env.runs["succeeded"] not in {run["workflow_id"] for run in errors}
     # `q` matches the workflow id or the agent, case-insensitively.
     assert [run["workflow_id"] for run in all_runs(api, q="FLAKY-FAIL")] == ["flaky-failed"]
     assert {run["agent"] for run in all_runs(api, q="Console_Research")} == {"console_research"}
@@ -335,6 +344,7 @@ def test_bad_fork_bodies_are_422(api: TestClient, console_env: ConsoleEnv, body:
         ("POST", "/api/runs/no-such-run/cancel", None),
         ("POST", "/api/runs/no-such-run/resume", None),
         ("POST", "/api/runs/no-such-run/fork", {"start_step": 1}),
+        ("POST", "/api/runs/no-such-run/continue", None),
         ("POST", "/api/runs/no-such-run/approvals/c1/approve", {"args_digest": "x"}),
         ("POST", "/api/runs/no-such-run/approvals/c1/deny", {"args_digest": "x"}),
     ],
@@ -342,6 +352,120 @@ def test_bad_fork_bodies_are_422(api: TestClient, console_env: ConsoleEnv, body:
 def test_unknown_runs_are_404(api: TestClient, method: str, path: str, body: Any) -> None:
     response = api.request(method, path, json=body, headers=SAME_ORIGIN)
     assert response.status_code == 404 and "no-such-run" in response.json()["detail"]
+
+
+# --- Model retries: waiting to retry, gave up, continue ---------------------------------------------------
+
+
+def epoch(iso: str) -> float:
+    return datetime.fromisoformat(iso).timestamp()
+
+
+def test_a_run_waiting_to_retry_shows_attempt_next_try_and_last_error(api: TestClient, console_env: ConsoleEnv) -> None:
+    """A PENDING run whose model request failed is not a silent PENDING: list and run view say it waits to retry."""
+    workflow_id = console_env.start_waiting_to_retry_run()
+    [listed] = get(api, "/api/runs", q=workflow_id)["runs"]
+    run = get(api, f"/api/runs/{workflow_id}")
+    for shown in (listed, run):
+        assert shown["status"] == "PENDING"
+        retry = shown["retry"]
+        assert retry["waiting"] is True and retry["state"] == "waiting"
+        assert retry["attempt"] == 1 and retry["failed_attempts"] == 1 and retry["step_id"] == 1
+        assert retry["last_error"] == f"ModelServerError: {OUTAGE_ERROR}"
+        # The policy waits an hour after the first failure (no jitter).
+        assert epoch(retry["next_try_at"]) - epoch(retry["failed_at"]) == pytest.approx(3600, abs=1)
+        assert shown["can_continue"] is False
+    # The failed attempt is in the timeline, with its error; the wait after it too.
+    first = run["steps"][0]
+    assert (first["name"], first["kind"], first["failed_attempt"]) == ("console_patient__model.request", "model", True)
+    assert first["error"] == f"ModelServerError: {OUTAGE_ERROR}"
+    assert run["steps"][-1]["name"] == "DBOS.sleep"
+    # A run that waits retries by itself: continuing it is refused, and says why.
+    refused = api.post(f"/api/runs/{workflow_id}/continue", headers=SAME_ORIGIN)
+    assert refused.status_code == 409 and "is PENDING" in refused.json()["detail"]
+
+    # Cancelled during the outage, it can be continued from its failed request once the provider is back.
+    assert api.post(f"/api/runs/{workflow_id}/cancel", headers=SAME_ORIGIN).status_code == 200
+    cancelled = get(api, f"/api/runs/{workflow_id}")
+    assert cancelled["status"] == "CANCELLED" and cancelled["can_continue"] is True
+    assert cancelled["retry"]["waiting"] is False
+    console_env.end_outage(workflow_id)
+    response = api.post(f"/api/runs/{workflow_id}/continue", headers=SAME_ORIGIN)
+    assert response.status_code == 200 and response.json() == {"ok": True, "step": 1}, response.text
+    assert console_env.wait_for_status(workflow_id, "SUCCESS", "ERROR") == "SUCCESS"
+    done = get(api, f"/api/runs/{workflow_id}")
+    assert done["output"] == f"Answered after the outage: Summarise ticket {workflow_id}."
+    assert done["retry"] is None and done["can_continue"] is False  # the failed attempt was rewound away
+
+
+def test_a_run_that_gave_up_is_continued_with_its_finished_steps_kept(api: TestClient, console_env: ConsoleEnv) -> None:
+    workflow_id = console_env.start_gave_up_run()
+    run = get(api, f"/api/runs/{workflow_id}")
+    assert run["status"] == "ERROR" and run["error"].startswith(f"ModelServerError: {OUTAGE_ERROR}")
+    retry = run["retry"]
+    assert retry["state"] == "gave_up" and retry["waiting"] is False and retry["next_try_at"] is None
+    assert retry["attempt"] == retry["failed_attempts"] >= 2
+    assert run["can_continue"] is True
+    failed_steps = [s["function_id"] for s in run["steps"] if s["failed_attempt"]]
+    assert len(failed_steps) == retry["attempt"]
+
+    console_env.end_outage(workflow_id)
+    response = api.post(f"/api/runs/{workflow_id}/continue", headers=SAME_ORIGIN)
+    assert response.status_code == 200 and response.json()["step"] == failed_steps[-1], response.text
+    assert console_env.wait_for_status(workflow_id, "SUCCESS", "ERROR") == "SUCCESS"
+    done = get(api, f"/api/runs/{workflow_id}")
+    assert done["output"] == f"Answered after the outage: Summarise ticket {workflow_id}."
+    # The attempts before the last one are kept as they were recorded; the last one ran again and answered.
+    assert [s["function_id"] for s in done["steps"] if s["failed_attempt"]] == failed_steps[:-1]
+    assert done["model_requests"][0]["function_id"] == failed_steps[-1]
+    # Continued once, it cannot be continued again: it succeeded.
+    again = api.post(f"/api/runs/{workflow_id}/continue", headers=SAME_ORIGIN)
+    assert again.status_code == 409 and "SUCCESS" in again.json()["detail"]
+
+
+def test_continue_refuses_runs_it_cannot_continue_and_cross_origin_requests(
+    api: TestClient, console_env: ConsoleEnv
+) -> None:
+    succeeded = api.post(f"/api/runs/{console_env.runs['succeeded']}/continue", headers=SAME_ORIGIN)
+    assert succeeded.status_code == 409 and "only a run that failed or was cancelled" in succeeded.json()["detail"]
+    # A failure that was not a transient model error left no failed request to go back to.
+    failed = api.post(f"/api/runs/{console_env.runs['failed']}/continue", headers=SAME_ORIGIN)
+    assert failed.status_code == 409 and "no failed model request" in failed.json()["detail"]
+    assert get(api, f"/api/runs/{console_env.runs['failed']}")["can_continue"] is False
+    gave_up = console_env.runs["gave_up"]
+    evil = api.post(f"/api/runs/{gave_up}/continue", headers={"Origin": "http://evil.example"})
+    assert evil.status_code == 403
+    assert console_env.status(gave_up) == "ERROR"
+    with TestClient(create_app(console_env.database_url, token="t0ken")) as client:
+        assert client.post(f"/api/runs/{gave_up}/continue", headers=SAME_ORIGIN).status_code == 401
+    assert console_env.status(gave_up) == "ERROR"
+
+
+# --- Recovered runs ---------------------------------------------------------------------------------------
+
+
+def test_a_recovered_run_is_marked_with_its_worker_and_the_gap(api: TestClient, console_env: ConsoleEnv) -> None:
+    """A run whose worker process was SIGKILLed in step 3 and relaunched: DBOS recovered it."""
+    workflow_id = console_env.recovered_run()
+    run = get(api, f"/api/runs/{workflow_id}")
+    assert run["status"] == "SUCCESS" and run["output"] == "R1 arrives on Friday."
+    assert run["executor_id"] == CRASH_EXECUTOR and run["app_version"] == "crash-1"
+    recovery = run["recovery"]
+    assert recovery["times"] == 1
+    assert (recovery["last_step_before"], recovery["first_step_after"]) == (2, 3)
+    steps = {s["function_id"]: s for s in run["steps"]}
+    assert recovery["gap_ms"] == pytest.approx(
+        (epoch(steps[3]["started_at"]) - epoch(steps[2]["completed_at"])) * 1000, abs=2
+    )
+    assert recovery["gap_ms"] > 0
+    assert epoch(steps[2]["completed_at"]) < epoch(recovery["recovered_at"]) + 1  # SQLite: whole seconds
+    assert epoch(recovery["recovered_at"]) <= epoch(steps[3]["started_at"])
+    [listed] = get(api, "/api/runs", q=workflow_id)["runs"]
+    assert listed["recovery"] == recovery and listed["executor_id"] == CRASH_EXECUTOR
+    # Runs that ran straight through are not marked.
+    for key in ("succeeded", "failed", "cancelled", "waiting", "forked"):
+        assert get(api, f"/api/runs/{console_env.runs[key]}")["recovery"] is None, key
+    assert get(api, f"/api/runs/{console_env.runs['succeeded']}")["executor_id"] == "local"
 
 
 # --- Safety -----------------------------------------------------------------------------------------------
@@ -444,7 +568,8 @@ def test_events_of_a_finished_run_and_resuming_after_last_event_id(console_serve
 def test_live_run_streams_while_it_runs(console_server: ConsoleServer) -> None:
     env = console_server.env
     assert env is not None
-    workflow_id = env.start_live_run(chunks=6, delay=0.3)
+    gate = threading.Event()  # holds the run before its last chunk: it cannot end before the first text is seen
+    workflow_id = env.start_live_run(chunks=6, delay=0.05, gate=gate)
     seen: list[dict[str, Any]] = []
     status_at_first_text = None
     with httpx2.stream("GET", f"{console_server.url}/api/runs/{workflow_id}/events", timeout=60) as response:
@@ -457,6 +582,7 @@ def test_live_run_streams_while_it_runs(console_server: ConsoleServer) -> None:
                 data = json.loads(message["data"])
                 if status_at_first_text is None and data.get("text"):
                     status_at_first_text = env.status(workflow_id)
+                    gate.set()
     assert status_at_first_text == "PENDING"  # the text arrived while the run was still running
     assert seen[-1]["event"] == "end"
     assert streamed_text(seen) == "".join(LIVE_CHUNK.format(i=i) for i in range(6))

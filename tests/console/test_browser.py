@@ -17,19 +17,31 @@ import re
 import threading
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import unquote
 
 import pytest
-from console_support import FAILURE_MESSAGE, INJECTION_ARG, INJECTION_TEXT, LIVE_CHUNK, ConsoleEnv, ConsoleServer
+from console_support import (
+    CRASH_EXECUTOR,
+    FAILURE_MESSAGE,
+    INJECTION_ARG,
+    INJECTION_TEXT,
+    LIVE_CHUNK,
+    OUTAGE_ERROR,
+    ConsoleEnv,
+    ConsoleServer,
+)
 from dbos import SetWorkflowID
 from pydantic_ai import Agent
+from pydantic_ai.exceptions import ModelServerError
 from pydantic_ai.messages import ModelMessage, ModelRequest, ToolReturnPart
 from pydantic_ai.models.function import AgentInfo, DeltaToolCall, DeltaToolCalls, FunctionModel
 
-from dbos_pydantic_ai import DBOSAgent
+from dbos_pydantic_ai import DBOSAgent, ModelRetryPolicy
 
 playwright_sync = pytest.importorskip("playwright.sync_api")
 from playwright.sync_api import Browser, Page, expect  # noqa: E402
@@ -317,7 +329,8 @@ def test_live_run_streams_into_the_page(web: Watched, console_server: ConsoleSer
     page, env = web.page, console_server.env
     assert env is not None
     chunks = 30
-    run_id = off_loop(env.start_live_run, chunks=chunks, delay=0.25)
+    gate = threading.Event()  # the run holds before its last chunk until the test has seen it unfinished
+    run_id = off_loop(env.start_live_run, chunks=chunks, delay=0.05, gate=gate)
     page.goto(console_server.url + f"/#/run/{run_id}")
     live = page.locator("#live-output")
     expect(live).to_contain_text(LIVE_CHUNK.format(i=2).strip())
@@ -325,6 +338,7 @@ def test_live_run_streams_into_the_page(web: Watched, console_server: ConsoleSer
     partial = live.inner_text()
     assert LIVE_CHUNK.format(i=chunks - 1).strip() not in partial
     assert off_loop(env.status, run_id) == "PENDING"
+    gate.set()
     expect(page.locator("#live-state")).to_have_text("run ended")
     full = "".join(LIVE_CHUNK.format(i=i) for i in range(chunks))
     assert re.sub(r"\s+", " ", _live_text(page)).strip() == full.strip()
@@ -348,6 +362,157 @@ def test_live_run_with_a_token(browser: Browser, console_token_server: ConsoleSe
         with pytest.raises(urllib.error.HTTPError) as refused:
             urllib.request.urlopen(server.url + path, timeout=30)
         assert refused.value.code == 401
+
+
+class BrokenStream:
+    """Streams a draft, holds on `first`, then breaks off with a 503 (retried durably); the retry streams the
+    answer, holding on `second` before its end."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.attempts = 0
+        # threading.Events polled from the model: it runs on the process's durable loop, not the test's
+        self.first, self.second = threading.Event(), threading.Event()
+
+    @staticmethod
+    async def hold(gate: threading.Event) -> None:
+        for _ in range(int(TIMEOUT_MS / 10)):
+            if gate.is_set():
+                return
+            await asyncio.sleep(0.01)
+
+    async def __call__(self, messages: list[ModelMessage], info: AgentInfo) -> AsyncIterator[str]:
+        self.attempts += 1
+        if self.attempts == 1:
+            yield "doomed draft "
+            await self.hold(self.first)
+            raise ModelServerError("local-writer", "503 mid-stream")
+        yield "kept answer, "
+        await self.hold(self.second)
+        yield "complete."
+
+
+broken_stream = BrokenStream()
+retrying = DBOSAgent(
+    Agent(FunctionModel(stream_function=broken_stream, model_name="local-writer"), name="console_retry_browser"),
+    stream_events=True,
+    model_retry=ModelRetryPolicy(initial_interval_seconds=0.05, max_interval_seconds=0.1, jitter=0),
+)
+
+
+def test_a_retried_request_s_abandoned_text_is_dropped_in_the_page(web: Watched, console_server: ConsoleServer) -> None:
+    """The page shows a draft as it streams; when its request is retried, the draft goes and the retry's text
+    takes its place (the run's `Superseded` marker)."""
+    page, env = web.page, console_server.env
+    assert env is not None
+    broken_stream.reset()
+    run_id = f"retried-{uuid.uuid4().hex[:8]}"
+    env._in_thread(run_id, retrying.run_sync, "Write it.")
+    off_loop(env.wait_for_status, run_id, "PENDING")
+    try:
+        page.goto(console_server.url + f"/#/run/{run_id}")
+        live = page.locator("#live-output")
+        expect(live).to_contain_text("doomed draft")
+        broken_stream.first.set()  # the attempt breaks off; the retry streams
+        expect(live).to_contain_text("kept answer,")
+        expect(live).not_to_contain_text("doomed draft")
+        expect(live.locator(".live-label").filter(has_text="earlier attempt")).to_have_count(1)
+        broken_stream.second.set()
+        expect(page.locator("#live-state")).to_have_text("run ended")
+        assert _live_text(page).strip() == "kept answer, complete."
+        expect(live).not_to_contain_text("doomed")
+        expect(page.locator("#conversation .item-output .text")).to_have_text("kept answer, complete.")
+    finally:
+        broken_stream.first.set()
+        broken_stream.second.set()
+    assert broken_stream.attempts == 2
+
+
+def test_the_page_reconnects_after_the_console_restarts_and_goes_on_after_its_last_event(
+    browser: Browser, console_env: ConsoleEnv
+) -> None:
+    """The console stops while a page follows a run, and starts again on the same port: the page's EventSource
+    reconnects with `Last-Event-ID`, and the run's text is shown whole, each chunk once."""
+    env = console_env
+    gate = threading.Event()
+    chunks = 8
+    run_id = off_loop(env.start_live_run, chunks=chunks, delay=0.02, gate=gate)
+    first = ConsoleServer(env.database_url, env=env)
+    second: ConsoleServer | None = None
+    try:
+        for watched in _new_page(browser):
+            page = watched.page
+            page.goto(first.url + f"/#/run/{run_id}")
+            live = page.locator("#live-output")
+            expect(live).to_contain_text(LIVE_CHUNK.format(i=chunks - 2).strip())  # all but the gated last chunk
+            first.stop()
+            expect(page.locator("#live-state")).to_have_text("reconnecting…")
+            second = ConsoleServer(env.database_url, env=env, port=first.port)
+            expect(page.locator("#live-state")).to_have_text("streaming")
+            gate.set()
+            expect(page.locator("#live-state")).to_have_text("run ended")
+            assert _live_text(page).strip() == "".join(LIVE_CHUNK.format(i=i) for i in range(chunks)).strip()
+        assert second is not None
+        before = [last for path, last in first.last_event_ids if run_id in unquote(path)]
+        after = [last for path, last in second.last_event_ids if run_id in unquote(path)]
+        assert before == [None]  # the page's first connection started from the beginning
+        assert after and after[0] is not None and int(after[0]) > 0  # the reconnection went on after its last event
+    finally:
+        gate.set()
+        first.stop()
+        if second is not None:
+            second.stop()
+
+
+# --- Model retries and recovered runs ---------------------------------------------------------------------
+
+
+def test_a_run_waiting_to_retry_and_continuing_one_that_gave_up(web: Watched, console_server: ConsoleServer) -> None:
+    page, env = web.page, console_server.env
+    assert env is not None
+    waiting = off_loop(env.start_waiting_to_retry_run)
+    page.goto(console_server.url + "/#/runs")
+    row = page.locator(f'tr[data-workflow-id="{waiting}"]')
+    expect(row.locator(".badge")).to_have_text("PENDING")
+    expect(row.locator(".retry-note")).to_contain_text("waiting to retry: attempt 1 failed, next try")
+    page.goto(console_server.url + f"/#/run/{waiting}")
+    expect(page.locator("#run-retry .retry-state")).to_contain_text("waiting to retry: attempt 1 failed")
+    expect(page.locator("#run-retry")).to_contain_text(f"ModelServerError: {OUTAGE_ERROR}")
+    expect(page.locator("#action-continue")).to_have_count(0)  # it retries by itself
+    expect(page.locator("#timeline tr.step-retry")).to_have_count(1)
+
+    gave_up = off_loop(env.start_gave_up_run)
+    page.goto(console_server.url + f"/#/run/{gave_up}")
+    expect(page.locator(".summary .badge")).to_have_text("ERROR")
+    expect(page.locator("#run-retry .retry-state")).to_contain_text("gave up after")
+    env.end_outage(gave_up)
+    page.click("#action-continue")
+    expect(page.locator(".summary .badge")).to_have_text("SUCCESS")
+    expect(page.locator("#conversation .item-output .text")).to_have_text(
+        f"Answered after the outage: Summarise ticket {gave_up}."
+    )
+    # The attempts before the last one stay recorded; the last one ran again and answered.
+    expect(page.locator("#run-retry .retry-state")).to_contain_text("succeeded after")
+    expect(page.locator("#action-continue")).to_have_count(0)
+
+
+def test_a_recovered_run_is_marked_with_its_worker_and_the_gap(web: Watched, console_server: ConsoleServer) -> None:
+    page, env = web.page, console_server.env
+    assert env is not None
+    run_id = env.recovered_run()  # worker processes killed and relaunched
+    page.goto(console_server.url + "/#/runs")
+    expect(page.locator(f'tr[data-workflow-id="{run_id}"] .tag.recovered')).to_be_visible()
+    page.goto(console_server.url + f"/#/run/{run_id}")
+    expect(page.locator("#run-recovery")).to_contain_text(re.compile(r"recovered once, gap .+ \(step 2 → step 3\)"))
+    expect(page.locator("#run-recovery")).to_contain_text(CRASH_EXECUTOR)
+    expect(page.locator("#run-worker")).to_contain_text(CRASH_EXECUTOR)
+    expect(page.locator("#timeline tr.recovery-marker")).to_have_count(1)
+    rows = page.locator("#timeline tbody tr").evaluate_all(
+        "rows => rows.map(r => r.classList.contains('recovery-marker') ? 'recovered' : r.cells[0].textContent)"
+    )
+    assert rows == ["1", "2", "recovered", "3"]
 
 
 # --- Fork and compare ------------------------------------------------------------------------------------

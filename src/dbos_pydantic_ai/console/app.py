@@ -460,6 +460,23 @@ def create_app(
         await blocking(data.client.resume_workflow, workflow_id)
         return {"ok": True}
 
+    @app.post("/api/runs/{workflow_id}/continue")
+    async def continue_(workflow_id: WorkflowId) -> dict[str, Any]:
+        """Continue a run that gave up (or was cancelled) while a model request kept failing, from that request.
+
+        The run keeps its id and a worker picks it up; 409, saying why, for a run that cannot be continued so.
+        """
+        from pydantic_ai.exceptions import UserError
+
+        from ..retries import continue_run
+
+        await blocking(data.status_of, workflow_id)
+        try:
+            step = await blocking(continue_run, workflow_id, database_url=database_url)
+        except UserError as error:
+            raise HTTPException(409, str(error)) from None
+        return {"ok": True, "step": step}
+
     @app.post("/api/runs/{workflow_id}/fork")
     async def fork(workflow_id: WorkflowId, body: Annotated[ForkBody, Body()]) -> dict[str, str]:
         """Start a new run that replays this one's steps before `start_step` and runs the rest again."""

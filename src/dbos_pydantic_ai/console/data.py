@@ -42,8 +42,10 @@ from ..names import (
     DURABLE_TOOL_STEP_MARKER,
     MCP_STEP_MARKER,
     MODEL_STEP_SUFFIXES,
+    RETRY_EVENT,
     RUN_WORKFLOW_SUFFIXES,
 )
+from ..retries import FailedAttempt
 
 __all__ = ["RUN_SUFFIXES", "STATUSES", "ConsoleData", "InvalidCursor", "RunNotFound"]
 
@@ -51,6 +53,8 @@ RUN_SUFFIXES = RUN_WORKFLOW_SUFFIXES
 """A durable agent run is a workflow named `{agent}.run` or `{agent}.run_sync`."""
 STATUSES = ("PENDING", "ENQUEUED", "DELAYED", "SUCCESS", "ERROR", "CANCELLED", "MAX_RECOVERY_ATTEMPTS_EXCEEDED")
 FINISHED = frozenset({"SUCCESS", "ERROR", "CANCELLED", "MAX_RECOVERY_ATTEMPTS_EXCEEDED"})
+CONTINUABLE = frozenset({"ERROR", "CANCELLED", "MAX_RECOVERY_ATTEMPTS_EXCEEDED"})
+"""Statuses of a run that `continue_run` takes up again (if a model request of it failed)."""
 _WAIT_STEPS = frozenset({"DBOS.recv", "DBOS.sleep", "DBOS.getEvent"})
 _SUMMARY_CACHE_SIZE = 20_000
 
@@ -63,8 +67,68 @@ class InvalidCursor(ValueError):
     """A pagination cursor that this console did not hand out."""
 
 
-def _iso(epoch_ms: int | None) -> str | None:
+def _iso(epoch_ms: float | None) -> str | None:
     return None if epoch_ms is None else datetime.fromtimestamp(epoch_ms / 1000, tz=UTC).isoformat()
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def retry_json(status: str, failures: list[FailedAttempt], published: Any) -> dict[str, Any] | None:
+    """A run's model retry state: what it published under `RETRY_EVENT`, else its last recorded failed attempt.
+
+    `waiting` is true only while the run is PENDING and its last word was that it waits for the next try.
+    """
+    if not failures:
+        return None
+    last = failures[-1]
+    state = published if isinstance(published, dict) else {}
+    attempt = state.get("attempt")
+    next_try_at = _number(state.get("next_try_at"))
+    failed_at = _number(state.get("failed_at"))
+    kind = state.get("state") if isinstance(state.get("state"), str) else None
+    last_error = state.get("last_error")
+    return {
+        "state": kind,
+        "waiting": status == "PENDING" and kind == "waiting",
+        "attempt": attempt if isinstance(attempt, int) and not isinstance(attempt, bool) else last.attempt,
+        "step_id": last.first_step_id,
+        "failed_at": _iso((failed_at if failed_at is not None else last.failed_at) * 1000),
+        "next_try_at": None if next_try_at is None else _iso(next_try_at * 1000),
+        "last_error": last_error[:2000] if isinstance(last_error, str) else last.describe()[:2000],
+        "failed_attempts": len(failures),
+    }
+
+
+def recovery_json(attempts: int | None, recovered_at_ms: int | None, steps: list[Any]) -> dict[str, Any] | None:
+    """Whether DBOS recovered the run (its status counts one dispatch per execution), and the gap around it.
+
+    A run started directly counts 1 dispatch, a queued one 1 at its dequeue; a recovery adds one (resume and
+    continue start the count again). The last recovery's worker took the run up at `recovered_at_ms` (DBOS's
+    `started_at_epoch_ms`); the gap runs from the last step that completed before it to the first step started
+    after it (None when no step has started since).
+    """
+    if attempts is None or attempts < 2:
+        return None
+    before = after = None
+    if recovered_at_ms is not None:
+        for step in steps:
+            started = step["started_at_epoch_ms"]
+            if started is not None and started >= recovered_at_ms:
+                after = step
+                break
+            before = step
+    gap = None
+    if before is not None and after is not None and before["completed_at_epoch_ms"] is not None:
+        gap = after["started_at_epoch_ms"] - before["completed_at_epoch_ms"]
+    return {
+        "times": attempts - 1,
+        "recovered_at": _iso(recovered_at_ms),
+        "last_step_before": None if before is None else before["function_id"],
+        "first_step_after": None if after is None else after["function_id"],
+        "gap_ms": gap,
+    }
 
 
 def agent_of(workflow_name: str) -> str | None:
@@ -313,6 +377,9 @@ class ConsoleData:
 
     def _summary(self, status: Any, steps: list[Any]) -> dict[str, Any]:
         requests = self._model_requests(steps)
+        failures = [step["output"] for step in steps if isinstance(step["output"], FailedAttempt)]
+        published = self.client.get_event(status.workflow_id, RETRY_EVENT, timeout_seconds=0) if failures else None
+        retry = retry_json(status.status, failures, published)
         costs = [request["cost_usd"] for request in requests]
         finished = status.status in FINISHED
         end = (status.completed_at or status.updated_at) if finished else None
@@ -334,7 +401,22 @@ class ConsoleData:
             "parent_workflow_id": status.parent_workflow_id,
             "forked_from": status.forked_from,
             "error": error_text(status.error),
+            "executor_id": status.executor_id,
+            "app_version": status.app_version,
+            "recovery": self._recovery(status, steps),
+            "retry": retry,
+            "can_continue": status.status in CONTINUABLE and bool(failures),
         }
+
+    def _recovery(self, status: Any, steps: list[Any]) -> dict[str, Any] | None:
+        attempts = getattr(status, "recovery_attempts", None)  # an "internal" field of DBOS 3.4's WorkflowStatus
+        if not isinstance(attempts, int) or attempts < 2:
+            return None
+        ws = self._status
+        query = sa.select(ws.c.started_at_epoch_ms).where(ws.c.workflow_uuid == status.workflow_id)
+        with self._engine.connect() as connection:
+            recovered_at = connection.execute(query).scalar()
+        return recovery_json(attempts, recovered_at, steps)
 
     @staticmethod
     def _model_requests(steps: Iterable[Any]) -> list[dict[str, Any]]:
@@ -392,7 +474,12 @@ class ConsoleData:
                             if step["started_at_epoch_ms"] is None or step["completed_at_epoch_ms"] is None
                             else step["completed_at_epoch_ms"] - step["started_at_epoch_ms"]
                         ),
-                        "error": error_text(step["error"]),
+                        "error": (
+                            step["output"].describe()
+                            if isinstance(step["output"], FailedAttempt)
+                            else error_text(step["error"])
+                        ),
+                        "failed_attempt": isinstance(step["output"], FailedAttempt),
                         "child_workflow_id": step["child_workflow_id"],
                     }
                     for step in steps

@@ -112,6 +112,26 @@
     return h("span", { class: "badge status-" + s.toLowerCase().replace(/[^a-z_]/g, "") }, s);
   }
 
+  /** "recovered once, gap 4.20 s (step 2 → step 3), last run by worker w-1": what the recovery of a run cost. */
+  function recoveryText(run) {
+    const r = run.recovery;
+    let text = `recovered ${r.times === 1 ? "once" : r.times + " times"}`;
+    if (r.gap_ms !== null && r.gap_ms !== undefined) text += `, gap ${fmtDuration(r.gap_ms)} (step ${r.last_step_before} → step ${r.first_step_after})`;
+    if (run.executor_id) text += `, last run by worker ${run.executor_id}`;
+    return text;
+  }
+
+  /** What a run's model retries are doing: waiting for the next try, or gave up. */
+  function retryText(retry, status) {
+    if (retry.waiting) {
+      return `waiting to retry: attempt ${retry.attempt} failed, next try ${fmtTime(retry.next_try_at)}`;
+    }
+    const times = retry.failed_attempts === 1 ? "1 failed attempt" : `${retry.failed_attempts} failed attempts`;
+    if (status === "SUCCESS") return `succeeded after ${times} of a model request`;
+    if (retry.state === "gave_up" && !RUNNING.has(status)) return `gave up after ${retry.attempt} failed attempts`;
+    return `a model request failed: ${times}, the last at ${fmtTime(retry.failed_at)}`;
+  }
+
   // --- API -----------------------------------------------------------------------------------------------
 
   class ApiError extends Error {
@@ -323,8 +343,15 @@
               runLink(run.workflow_id),
               run.forked_from ? h("span", { class: "tag", title: "forked from " + run.forked_from }, "fork") : null,
               run.parent_workflow_id ? h("span", { class: "tag", title: "child of " + run.parent_workflow_id }, "child") : null,
+              run.recovery ? h("span", { class: "tag recovered", title: recoveryText(run) }, "recovered") : null,
             ),
-            h("td", {}, statusBadge(run.status), run.error ? h("div", { class: "err-snippet" }, run.error) : null),
+            h(
+              "td",
+              {},
+              statusBadge(run.status),
+              run.retry && run.retry.waiting ? h("div", { class: "retry-note", title: run.retry.last_error }, retryText(run.retry, run.status)) : null,
+              run.error ? h("div", { class: "err-snippet" }, run.error) : null,
+            ),
             h("td", { class: "nowrap" }, fmtTime(run.started_at)),
             h("td", { class: "num" }, run.duration_ms === null ? (RUNNING.has(run.status) ? "running" : "—") : fmtDuration(run.duration_ms)),
             h("td", { class: "num" }, fmtInt(run.model_requests)),
@@ -423,7 +450,7 @@
 
   // --- Step timeline -------------------------------------------------------------------------------------
 
-  function timelineView(steps, runStarted) {
+  function timelineView(steps, runStarted, recovery) {
     if (!steps || steps.length === 0) return h("p", { class: "muted" }, "No steps recorded yet.");
     const starts = steps.map((s) => (s.started_at ? Date.parse(s.started_at) : NaN)).filter((t) => !Number.isNaN(t));
     const ends = steps
@@ -449,10 +476,14 @@
       } else {
         bar.classList.add("unknown");
       }
+      if (recovery && recovery.first_step_after === step.function_id) {
+        const gap = recovery.gap_ms === null || recovery.gap_ms === undefined ? "" : `, ${fmtDuration(recovery.gap_ms)} after step ${recovery.last_step_before}`;
+        tbody.appendChild(h("tr", { class: "recovery-marker" }, h("td", { colspan: 5 }, `↻ recovered by a worker at ${fmtTime(recovery.recovered_at)}${gap}`)));
+      }
       tbody.appendChild(
         h(
           "tr",
-          { class: step.error ? "step-error" : "" },
+          { class: step.failed_attempt ? "step-retry" : step.error ? "step-error" : "" },
           h("td", { class: "muted" }, step.function_id),
           h(
             "td",
@@ -750,6 +781,8 @@
       ["Tokens in / out", `${fmtInt(run.input_tokens)} / ${fmtInt(run.output_tokens)}`],
       ["Cost", h("span", { class: "cost", id: "run-cost" }, fmtCost(run.cost_usd))],
     ];
+    if (run.executor_id) rows.push(["Worker", h("span", { class: "mono", id: "run-worker" }, run.executor_id + (run.app_version ? ` (version ${run.app_version})` : ""))]);
+    if (run.recovery) rows.push(["Recovered", h("span", { id: "run-recovery" }, recoveryText(run))]);
     if (run.parent_workflow_id) rows.push(["Parent run", runLink(run.parent_workflow_id)]);
     if (run.forked_from) {
       rows.push([
@@ -805,6 +838,37 @@
     return box;
   }
 
+  /** A run's model retries: waiting (attempt, next try, last error), or gave up, with Continue when it can be. */
+  function retryView(run, reload) {
+    const retry = run.retry;
+    const box = h(
+      "section",
+      { class: "panel retry" + (retry.waiting ? " waiting" : ""), id: "run-retry" },
+      h("h2", {}, "Model retries"),
+      h("p", { class: "retry-state" }, retryText(retry, run.status), retry.step_id ? ` (model request of step ${retry.step_id})` : ""),
+      h("div", { class: "err-snippet retry-error" }, "Last error: ", retry.last_error),
+    );
+    if (run.can_continue) {
+      const button = h("button", { type: "button", id: "action-continue" }, "Continue");
+      button.addEventListener("click", async () => {
+        button.disabled = true;
+        try {
+          const data = await api(`/api/runs/${encodeURIComponent(run.workflow_id)}/continue`, { method: "POST", body: {} });
+          flash(`Continued from step ${data.step}: a worker picks the run up.`);
+          reload();
+        } catch (error) {
+          flash("Continue failed: " + error.message, true);
+          button.disabled = false;
+        }
+      });
+      append(box, [
+        h("p", { class: "muted small" }, "Once the provider is back, continue the run from its failed model request: same run id, nothing it finished is redone."),
+        button,
+      ]);
+    }
+    return box;
+  }
+
   function renderRun(workflowId) {
     const gen = generation;
     let live = null;
@@ -840,6 +904,7 @@
           summaryView(run),
           run.error ? h("div", { class: "error-box", id: "run-error" }, h("strong", {}, "Error: "), run.error) : null,
         ),
+        run.retry ? retryView(run, load) : null,
         run.pending_approvals && run.pending_approvals.length
           ? h("section", { class: "panel", id: "run-approvals" }, h("h2", {}, "Waiting for a decision"), run.pending_approvals.map((a) => approvalCard(a, load)))
           : null,
@@ -857,7 +922,7 @@
                   h("ul", { class: "children" }, run.children.map((c) => h("li", {}, runLink(c.workflow_id), " ", h("span", { class: "mono muted" }, c.workflow_name), " ", statusBadge(c.status)))),
                 )
               : null,
-            h("section", { class: "panel" }, h("h2", {}, "Steps"), timelineView(run.steps, run.started_at)),
+            h("section", { class: "panel" }, h("h2", {}, "Steps"), timelineView(run.steps, run.started_at, run.recovery)),
           ),
         ),
       ]);
