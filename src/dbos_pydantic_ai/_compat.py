@@ -20,9 +20,11 @@ T = TypeVar("T")
 __all__ = [
     "LaunchedSystemDatabase",
     "check_no_nested_sync_run",
+    "client_status_table",
     "dbos_launched",
     "launched_system_database",
     "mcp_explicit_id",
+    "recovery_attempts",
     "with_dbos_db_retry",
 ]
 
@@ -58,6 +60,19 @@ def launched_system_database() -> LaunchedSystemDatabase:
     dbos = _get_dbos_instance()
     sys_db = dbos._sys_db
     return LaunchedSystemDatabase(sys_db, sys_db.engine, sys_db.schema, dbos._serializer)
+
+
+def client_status_table(client: Any) -> tuple[sa.Engine, sa.Table]:
+    """A `DBOSClient`'s engine and DBOS's `workflow_status` table. The console pages and filters runs with one SQL
+    query over it (keyset pages, name suffixes, text search); `list_workflows` cannot express that."""
+    sys_db = client._sys_db
+    return sys_db.engine, sys_db.tables.workflow_status
+
+
+def recovery_attempts(status: Any) -> int | None:
+    """How many times a worker took the run up (2 or more: it was recovered). DBOS 3.4 marks the field internal."""
+    attempts = getattr(status, "recovery_attempts", None)
+    return attempts if isinstance(attempts, int) else None
 
 
 def with_dbos_db_retry(func: Callable[[], T]) -> T:

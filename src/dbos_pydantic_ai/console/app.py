@@ -44,7 +44,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ..approvals import ApprovalRejected, approve, deny, list_pending_approvals
+from ..approvals import ApprovalRejected
 from .data import STATUSES, ConsoleData, InvalidCursor, RunNotFound, approval_json
 
 __all__ = ["DEFAULT_MAX_LIVE_READERS", "LIVE_READER_POOL_SIZE", "TOKEN_COOKIE", "create_app", "token_cookie_value"]
@@ -413,13 +413,13 @@ def create_app(
     @app.get("/api/approvals")
     async def approvals(agent: Annotated[str | None, Query(max_length=_MAX_ID)] = None) -> dict[str, Any]:
         """Tool calls that waiting runs need a decision on, oldest first."""
-        pending = await blocking(list_pending_approvals, agent_name=agent or None, database_url=database_url)
+        pending = await blocking(data.inbox.list_pending, agent_name=agent or None)
         return {"approvals": [approval_json(approval) for approval in pending]}
 
     async def decide(func: Callable[..., None], workflow_id: str, call_id: str, **kwargs: Any) -> dict[str, bool]:
         await blocking(data.status_of, workflow_id)
         try:
-            await blocking(func, workflow_id, call_id, database_url=database_url, **kwargs)
+            await blocking(func, workflow_id, call_id, **kwargs)
         except ApprovalRejected as error:
             raise HTTPException(409, str(error)) from None
         return {"ok": True}
@@ -431,7 +431,7 @@ def create_app(
         body: Annotated[ApproveBody, Body()],
     ) -> dict[str, bool]:
         """Approve a pending tool call, bound to the digest of the arguments reviewed (409 when refused)."""
-        return await decide(approve, workflow_id, call_id, args_digest=body.args_digest)
+        return await decide(data.inbox.approve, workflow_id, call_id, args_digest=body.args_digest)
 
     @app.post("/api/runs/{workflow_id}/approvals/{call_id}/deny")
     async def deny_call(
@@ -440,7 +440,9 @@ def create_app(
         body: Annotated[DenyBody, Body()],
     ) -> dict[str, bool]:
         """Deny a pending tool call; the model is told `reason` (409 when refused)."""
-        return await decide(deny, workflow_id, call_id, args_digest=body.args_digest, reason=body.reason or None)
+        return await decide(
+            data.inbox.deny, workflow_id, call_id, args_digest=body.args_digest, reason=body.reason or None
+        )
 
     @app.post("/api/runs/{workflow_id}/cancel")
     async def cancel(workflow_id: WorkflowId) -> dict[str, bool]:

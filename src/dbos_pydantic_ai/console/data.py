@@ -36,6 +36,8 @@ from pydantic_ai.messages import (
 from pydantic_ai.run import AgentRunResult
 from pydantic_core import to_jsonable_python
 
+from .._compat import client_status_table, recovery_attempts
+from ..approvals import ApprovalInbox
 from ..config import _sqlite_path, system_database_error
 from ..names import (
     APPROVALS_STEP_MARKER,
@@ -289,14 +291,18 @@ class ConsoleData:
             raise UserError(system_database_error(database_url, error)) from error
         self.client = client
         self.database_url = database_url
-        sys_db = self.client._sys_db
-        self._engine: sa.Engine = sys_db.engine
-        self._status: sa.Table = sys_db.tables.workflow_status
+        try:
+            self.inbox = ApprovalInbox(database_url)  # one connection for every approvals view and decision
+        except BaseException:
+            client.destroy()
+            raise
+        self._engine, self._status = client_status_table(self.client)
         # Summaries of finished runs never change (until resumed, which changes `updated_at`).
         self._summaries: OrderedDict[tuple[str, int], dict[str, Any]] = OrderedDict()
         self._lock = threading.Lock()
 
     def close(self) -> None:
+        self.inbox.close()
         self.client.destroy()
 
     # --- Runs ------------------------------------------------------------------------------------
@@ -409,8 +415,8 @@ class ConsoleData:
         }
 
     def _recovery(self, status: Any, steps: list[Any]) -> dict[str, Any] | None:
-        attempts = getattr(status, "recovery_attempts", None)  # an "internal" field of DBOS 3.4's WorkflowStatus
-        if not isinstance(attempts, int) or attempts < 2:
+        attempts = recovery_attempts(status)
+        if attempts is None or attempts < 2:
             return None
         ws = self._status
         query = sa.select(ws.c.started_at_epoch_ms).where(ws.c.workflow_uuid == status.workflow_id)
@@ -451,12 +457,7 @@ class ConsoleData:
         children = self.client.list_workflows(parent_workflow_id=workflow_id, load_input=False, load_output=False)
         pending: list[dict[str, Any]] = []
         if status.status == "PENDING":
-            from ..approvals import list_pending_approvals
-
-            pending = [
-                approval_json(p)
-                for p in list_pending_approvals(workflow_id=workflow_id, database_url=self.database_url)
-            ]
+            pending = [approval_json(p) for p in self.inbox.list_pending(workflow_id=workflow_id)]
         output = status.output
         result_output = output.output if isinstance(output, AgentRunResult) else output
         detail.update(
