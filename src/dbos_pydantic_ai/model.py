@@ -171,13 +171,6 @@ class DBOSModel(WrapperModel):
                     "`dbos_pydantic_ai.continue_run(workflow_id)` or `dbos-pydantic-ai runs continue WORKFLOW_ID`."
                 )
                 raise failure.error
-            logger.warning(
-                "Model request of run %s failed (attempt %d, %s); retrying in %.1f s",
-                DBOS.workflow_id,
-                failure.attempt,
-                failure.describe(),
-                delay,
-            )
             await DBOS.set_event_async(RETRY_EVENT, retry_state(failure, state="waiting", next_try_at=next_try_at))
             await DBOS.sleep_async(delay)  # durable: a recovered run waits only for what is left
 
@@ -198,7 +191,15 @@ class DBOSModel(WrapperModel):
             except Exception as error:
                 if not is_transient(error):
                     raise
-                return record_failure(portable_exception(error), previous, step_id=step_id, policy=policy)
+                failure = record_failure(portable_exception(error), previous, step_id=step_id, policy=policy)
+                # Logged here, in the step, so a replay of the run does not log it again.
+                logger.warning(
+                    "Model request of run %s failed (attempt %d, %s); it is retried after a durable wait",
+                    DBOS.workflow_id,
+                    failure.attempt,
+                    failure.describe(),
+                )
+                return failure
 
 
 async def _drop(event: ModelResponseStreamEvent) -> None:
