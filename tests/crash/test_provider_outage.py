@@ -195,33 +195,34 @@ def cli(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-async def test_the_cli_shows_the_retry_state_and_continues_a_run_that_gave_up(
+async def test_the_cli_shows_the_retry_state_and_continues_a_run_cancelled_during_the_outage(
     servers: Callable[..., ScriptedOpenAIServer], agent_name: str, database_url: str, launch_dbos: Callable[[], None]
 ) -> None:
-    server = servers(Outage(from_turn=1, phases=(OutagePhase(503, 7),)))
-    policy = ModelRetryPolicy(horizon_seconds=4, initial_interval_seconds=1.5, max_interval_seconds=2, jitter=0)
+    """An operator watches a run wait out an outage, cancels it, and continues it once the provider is back.
+
+    The horizon is far away, so the run is still waiting whenever the (slow to start) CLI looks at it.
+    """
+    server = servers(Outage(from_turn=1, phases=(OutagePhase(503, 8),)))
+    policy = ModelRetryPolicy(initial_interval_seconds=1.5, max_interval_seconds=2, jitter=0)
     durable, _ = build(server, agent_name, model_retry=policy)
     launch_dbos()
     workflow_id = f"cli-{uuid.uuid4().hex[:8]}"
     with SetWorkflowID(workflow_id):
-        handle = await DBOS.start_workflow_async(durable._run_workflow, "Look up alpha and beta.")
+        await DBOS.start_workflow_async(durable._run_workflow, "Look up alpha and beta.")
     while not server.stats().get(1) or not server.stats()[1].failed_at:
         await asyncio.sleep(0.05)
-    await asyncio.sleep(0.3)
 
     waiting = await asyncio.to_thread(cli, "runs", "retry-state", workflow_id, "--database-url", database_url)
     assert waiting.returncode == 0, waiting.stderr
-    assert re.search(r"waiting after attempt \d, next try at 20", waiting.stdout), waiting.stdout
+    assert re.search(r"waiting after attempt \d+, next try at 20", waiting.stdout), waiting.stdout
     assert "Last error: ModelUnavailableError" in waiting.stdout
 
     refused = await asyncio.to_thread(cli, "runs", "continue", workflow_id, "--database-url", database_url)
     assert refused.returncode == 1 and "is PENDING" in refused.stderr  # it retries by itself
 
-    with pytest.raises(ModelUnavailableError):
-        await handle.get_result()
-    gave_up = await asyncio.to_thread(cli, "runs", "retry-state", workflow_id, "--database-url", database_url)
-    assert "gave_up after attempt" in gave_up.stdout
-    await asyncio.sleep(max(0.0, server.stats()[1].failed_at[0] + 7.2 - time.time()))  # the outage is over
+    await DBOS.cancel_workflow_async(workflow_id)
+    assert (await DBOS.get_workflow_status_async(workflow_id)).status == "CANCELLED"  # type: ignore[union-attr]
+    await asyncio.sleep(max(0.0, server.stats()[1].failed_at[0] + 8.2 - time.time()))  # the outage is over
 
     continued = await asyncio.to_thread(cli, "runs", "continue", workflow_id, "--database-url", database_url)
     assert continued.returncode == 0, continued.stderr
@@ -229,3 +230,5 @@ async def test_the_cli_shows_the_retry_state_and_continues_a_run_that_gave_up(
     result = await (await DBOS.retrieve_workflow_async(workflow_id)).get_result()
     assert result.output == "Done: value-of-beta"
     assert server.stats()[0].received == 1
+    recovered = await asyncio.to_thread(cli, "runs", "retry-state", workflow_id, "--database-url", database_url)
+    assert "recovered after attempt" in recovered.stdout
