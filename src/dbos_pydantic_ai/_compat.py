@@ -20,6 +20,7 @@ T = TypeVar("T")
 __all__ = [
     "LaunchedSystemDatabase",
     "check_no_nested_sync_run",
+    "client_engine",
     "client_status_table",
     "dbos_launched",
     "launched_system_database",
@@ -67,6 +68,12 @@ def client_status_table(client: Any) -> tuple[sa.Engine, sa.Table]:
     query over it (keyset pages, name suffixes, text search); `list_workflows` cannot express that."""
     sys_db = client._sys_db
     return sys_db.engine, sys_db.tables.workflow_status
+
+
+def client_engine(client: Any) -> sa.Engine:
+    """A `DBOSClient`'s engine, to see whether a read in flight still holds a connection before closing it."""
+    engine: sa.Engine = client._sys_db.engine
+    return engine
 
 
 def recovery_attempts(status: Any) -> int | None:

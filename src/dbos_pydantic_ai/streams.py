@@ -24,6 +24,7 @@ import dataclasses
 import math
 import os
 import threading
+import time
 import uuid
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -343,6 +344,25 @@ async def _open_client(url: str) -> DBOSClient:
         raise
 
 
+_IN_FLIGHT_GRACE_SECONDS = 10.0
+
+
+def _close_client(client: DBOSClient) -> None:
+    """Close a reader's client once its reads in flight are done.
+
+    A reader cancelled while DBOS polls the stream leaves that poll running in a thread, with a connection checked
+    out. Disposing of the pool under it would leave the connection open when the poll hands it back, so wait (a
+    moment, boundedly) for every connection to be back first.
+    """
+    from ._compat import client_engine
+
+    pool = client_engine(client).pool
+    deadline = time.monotonic() + _IN_FLIGHT_GRACE_SECONDS
+    while getattr(pool, "checkedout", lambda: 0)() > 0 and time.monotonic() < deadline:
+        time.sleep(0.005)
+    client.destroy()
+
+
 def _check_read_arguments(
     workflow_id: object, from_offset: object, polling_interval_sec: object, database_url: object, client: object
 ) -> None:
@@ -426,7 +446,7 @@ async def _read_events(
         finally:
             if owned is not None:
                 # In a thread, which finishes even if this task is cancelled again while it waits.
-                await asyncio.to_thread(owned.destroy)
+                await asyncio.to_thread(_close_client, owned)
 
 
 class EventLog:
