@@ -140,6 +140,11 @@ async def test_cancelling_a_run_cancels_its_request_on_the_durable_loop(
         model = OpenAIChatModel("gpt-test", provider=OpenAIProvider(base_url=held.base_url, api_key="test"))
         durable = DBOSAgent(Agent(model, name=agent_name))
         launch_dbos()
+
+        def tasks_on_the_durable_loop() -> set[asyncio.Task[Any]]:
+            return asyncio.run_coroutine_threadsafe(_tasks_of_the_loop(), durable_loop()).result(10)
+
+        before = tasks_on_the_durable_loop()  # earlier tests of the process may have left some: not this test's
         with SetWorkflowID(f"{agent_name}-cancelled"):
             run = asyncio.create_task(durable.run("hello"))
         deadline = time.monotonic() + 30
@@ -147,13 +152,13 @@ async def test_cancelling_a_run_cancels_its_request_on_the_durable_loop(
             await asyncio.sleep(0.02)
         assert held.received(0) == 1
 
+        def requests_left() -> set[asyncio.Task[Any]]:
+            return tasks_on_the_durable_loop() - before
+
+        assert requests_left()  # the request is in flight, on the durable loop
         run.cancel()
         with pytest.raises(asyncio.CancelledError):
             await run
-
-        def requests_left() -> set[asyncio.Task[Any]]:
-            return asyncio.run_coroutine_threadsafe(_tasks_of_the_loop(), durable_loop()).result(10)
-
         deadline = time.monotonic() + 10
         while requests_left() and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
