@@ -137,14 +137,9 @@ def _postgres_problem(url: str, timeout_seconds: float = 5.0) -> tuple[str, str]
 
     target = sa.make_url(url)
     connect_args = {"connect_timeout": max(1, int(timeout_seconds))}
-    engine = sa.create_engine(target, connect_args=connect_args)
-    try:
-        with engine.connect():
-            return None
-    except sa.exc.OperationalError as error:
-        cause = _first_line(error.orig)
-    finally:
-        engine.dispose()
+    cause = _connection_problem(target, connect_args)
+    if cause is None:
+        return None
     if not target.database or target.database == "postgres":
         return "unreachable", cause
     engine = sa.create_engine(target.set(database="postgres"), connect_args=connect_args)
@@ -157,7 +152,25 @@ def _postgres_problem(url: str, timeout_seconds: float = 5.0) -> tuple[str, str]
         return "unreachable", cause
     finally:
         engine.dispose()
-    return ("unreachable", cause) if exists is not None else ("missing_database", target.database)
+    if exists is None:
+        return "missing_database", target.database
+    # It exists now: another worker's DBOS may have created it since we tried, so try once more before blaming it.
+    cause = _connection_problem(target, connect_args)
+    return None if cause is None else ("unreachable", cause)
+
+
+def _connection_problem(target: Any, connect_args: dict[str, Any]) -> str | None:
+    """None when a connection to `target` opens, else the first line of the driver's error."""
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(target, connect_args=connect_args)
+    try:
+        with engine.connect():
+            return None
+    except sa.exc.OperationalError as error:
+        return _first_line(error.orig)
+    finally:
+        engine.dispose()
 
 
 def system_database_error(url: str, error: BaseException) -> str:
