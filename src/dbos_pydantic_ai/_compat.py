@@ -2,7 +2,8 @@
 
 Checked against dbos 3.4.0 and pydantic-ai-slim 2.68.0 (`pyproject.toml` pins `dbos<4` and `pydantic-ai-slim<3`).
 Each function says what it needs and why no public API does it; when one of these projects changes, this module is
-the one to read. Imports happen inside the functions, so nothing here is loaded before it is needed.
+the one to read. Imports happen inside the functions, so nothing here is loaded before it is needed, except
+pydantic-ai's `UNSET` marker, which a signature needs at import time.
 """
 
 from __future__ import annotations
@@ -15,10 +16,14 @@ if TYPE_CHECKING:
     import sqlalchemy as sa
     from dbos._serialization import Serializer
 
+from pydantic_ai._utils import UNSET, Unset  # `override(model=UNSET)`: WrapperAgent.override's own default and type
+
 T = TypeVar("T")
 
 __all__ = [
+    "UNSET",
     "LaunchedSystemDatabase",
+    "Unset",
     "check_no_nested_sync_run",
     "client_engine",
     "client_status_table",

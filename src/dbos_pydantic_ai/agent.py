@@ -28,7 +28,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Literal
 
 from dbos import DBOS
-from pydantic_ai import CancellationToken, _utils
+from pydantic_ai import CancellationToken
 from pydantic_ai.agent import AbstractAgent, EventStreamHandler, WrapperAgent
 from pydantic_ai.capabilities import AbstractCapability
 from pydantic_ai.exceptions import UserError
@@ -39,7 +39,7 @@ from pydantic_ai.tools import AgentDepsT, DeferredToolRequests, DeferredToolResu
 from pydantic_ai.toolsets import AbstractToolset, FunctionToolset
 
 from ._approval_wait import timeout_seconds, wait_for_decisions
-from ._compat import check_no_nested_sync_run, dbos_launched
+from ._compat import UNSET, Unset, check_no_nested_sync_run, dbos_launched
 from ._durable_loop import run_on_durable_loop
 from ._events import run_handlers
 from ._serialization import ensure_serializable
@@ -638,9 +638,9 @@ class DBOSAgent(WrapperAgent[AgentDepsT, OutputDataT]):
             )
 
     @contextmanager
-    def override(self, *, model: Model | str | _utils.Unset = _utils.UNSET, **overrides: Any) -> Iterator[None]:
+    def override(self, *, model: Model | str | Unset = UNSET, **overrides: Any) -> Iterator[None]:
         """Like `Agent.override`. A model instance must be registered with `models=` (see `run`)."""
-        if isinstance(model, _utils.Unset):
+        if isinstance(model, Unset):
             with self.wrapped.override(**overrides):
                 yield
             return
