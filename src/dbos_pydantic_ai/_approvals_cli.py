@@ -17,6 +17,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from ._cli_options import DatabaseUrl
+
 if TYPE_CHECKING:
     from .approvals import PendingApproval
 
@@ -29,14 +31,6 @@ approvals_app = typer.Typer(
 console = Console(highlight=False)
 error_console = Console(stderr=True, highlight=False)
 
-DatabaseUrl = Annotated[
-    str,
-    typer.Option(
-        envvar="DBOS_SYSTEM_DATABASE_URL",
-        help="The workers' system database: 'sqlite:///file.sqlite' or 'postgresql://...'.",
-        show_envvar=True,
-    ),
-]
 Digest = Annotated[
     str | None,
     typer.Option(

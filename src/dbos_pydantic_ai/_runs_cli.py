@@ -12,6 +12,8 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from ._cli_options import DatabaseUrl
+
 __all__ = ["runs_app"]
 
 runs_app = typer.Typer(
@@ -19,15 +21,6 @@ runs_app = typer.Typer(
 )
 console = Console(highlight=False)
 error_console = Console(stderr=True, highlight=False)
-
-DatabaseUrl = Annotated[
-    str,
-    typer.Option(
-        envvar="DBOS_SYSTEM_DATABASE_URL",
-        help="The workers' system database: 'sqlite:///file.sqlite' or 'postgresql://...'.",
-        show_envvar=True,
-    ),
-]
 
 
 @runs_app.command("continue")

@@ -1,0 +1,19 @@
+"""Options that several `dbos-pydantic-ai` commands take alike."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+__all__ = ["DatabaseUrl"]
+
+DatabaseUrl = Annotated[
+    str,
+    typer.Option(
+        envvar="DBOS_SYSTEM_DATABASE_URL",
+        help="The workers' system database: 'sqlite:///file.sqlite' or 'postgresql://...'.",
+        show_envvar=True,
+    ),
+]
+"""The workers' system database, required (from the flag or `DBOS_SYSTEM_DATABASE_URL`)."""
