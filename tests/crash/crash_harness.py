@@ -87,6 +87,20 @@ class CrashRun:
         self.workers.append(worker)
         return worker
 
+    def launch_script(self, script: Path, phase: str, *args: str) -> WorkerProcess:
+        """Start `script --phase PHASE --database-url URL --port PORT --workdir DIR ARGS...` (a worker of its own)."""
+        worker = WorkerProcess(
+            [
+                *("--phase", phase, "--database-url", self.database_url),
+                *("--port", str(self.server.port), "--workdir", str(self.workdir), *args),
+            ],
+            self.workdir / f"worker-{phase}.log",
+            self.workdir,
+            script=script,
+        )
+        self.workers.append(worker)
+        return worker
+
     def wait_until(self, condition: Callable[[], bool], what: str, *workers: WorkerProcess) -> None:
         """Poll `condition` until true; fail early, with the worker's log, if one of `workers` exits first."""
         deadline = time.monotonic() + WAIT_SECONDS

@@ -22,17 +22,7 @@ SCRIPT = [{"tool_calls": [{"name": "read_prompt"}]}, {"text": "Answer to: {tool_
 
 
 def launch(run: CrashRun, phase: str) -> WorkerProcess:
-    worker = WorkerProcess(
-        [
-            *("--phase", phase, "--database-url", run.database_url),
-            *("--port", str(run.server.port), "--workdir", str(run.workdir)),
-        ],
-        run.workdir / f"worker-{phase}.log",
-        run.workdir,
-        script=WORKER,
-    )
-    run.workers.append(worker)
-    return worker
+    return run.launch_script(WORKER, phase)
 
 
 def test_recovered_and_new_runs_on_three_kinds_of_loop(crash_run: Callable[..., CrashRun]) -> None:

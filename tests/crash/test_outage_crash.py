@@ -28,17 +28,7 @@ SCRIPT = [
 
 
 def launch(run: CrashRun, phase: str) -> WorkerProcess:
-    worker = WorkerProcess(
-        [
-            *("--phase", phase, "--database-url", run.database_url, "--port", str(run.server.port)),
-            *("--workdir", str(run.workdir), "--workflow-id", run.workflow_id),
-        ],
-        run.workdir / f"worker-{phase}.log",
-        run.workdir,
-        script=WORKER,
-    )
-    run.workers.append(worker)
-    return worker
+    return run.launch_script(WORKER, phase, "--workflow-id", run.workflow_id)
 
 
 def test_a_worker_killed_during_the_backoff_resumes_the_wait(crash_run: Callable[..., CrashRun]) -> None:
