@@ -20,6 +20,8 @@ __all__ = [
     "STREAMED_INPUT",
     "STREAM_EVENTS_INPUT",
     "STREAM_KEY",
+    "TAKEOVERS_TABLE",
+    "WORKERS_TABLE",
     "approvals_check_step",
     "approvals_timeout_step",
     "approvals_wait_step",
@@ -115,3 +117,10 @@ DECISIONS_TABLE = "dbos_pai_approval_decisions"
 
 def decision_idempotency_key(wait_id: int, tool_call_id: str) -> str:
     return f"dbos_pai_decision:{wait_id}:{tool_call_id}"
+
+
+WORKERS_TABLE = "dbos_pai_workers"
+"""The fleet's workers: one row per executor id, with its heartbeat, state and the process that holds the id."""
+
+TAKEOVERS_TABLE = "dbos_pai_takeovers"
+"""One row per run taken over from a worker declared dead: which run, from which worker, by which, when."""
