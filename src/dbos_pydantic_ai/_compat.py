@@ -31,6 +31,7 @@ __all__ = [
     "launched_system_database",
     "mcp_explicit_id",
     "recovery_attempts",
+    "reenqueue_pending_runs",
     "with_dbos_db_retry",
 ]
 
@@ -96,6 +97,29 @@ def with_dbos_db_retry(func: Callable[[], T]) -> T:
     return db_retry(sys_db=_get_dbos_instance()._sys_db)(func)()
 
 
+def reenqueue_pending_runs(executor_id: str) -> list[str]:
+    """Hand the PENDING runs of `executor_id` (this application and version) back to their queues, through DBOS's own
+    recovery path, and return the ids that *this call* re-enqueued.
+
+    DBOS's `_recover_pending_workflows` does the same but returns every id it saw, including those another worker
+    re-enqueued a moment earlier; failover records a takeover only for the runs it really moved. Each re-enqueue is
+    one atomic `PENDING -> ENQUEUED` update guarded by the executor id, so concurrent callers move each run once, and
+    the queue's `ENQUEUED -> PENDING` dequeue admits one runner. Public `resume_workflow` would also clear the run's
+    deduplication id and deadline, and move a queued run off its queue.
+    """
+    from dbos._dbos import _get_dbos_instance
+    from dbos._shard_keys import bind_shard_keys
+    from dbos._utils import INTERNAL_QUEUE_NAME, GlobalParams
+
+    sys_db = _get_dbos_instance()._sys_db
+    moved = []
+    for pending in sys_db.get_pending_workflows(executor_id, GlobalParams.app_version):
+        with bind_shard_keys({pending.workflow_id: pending.shard_key}):
+            if sys_db.reenqueue_for_recovery(pending.workflow_id, [executor_id], INTERNAL_QUEUE_NAME):
+                moved.append(pending.workflow_id)
+    return moved
+
+
 # --- pydantic-ai -------------------------------------------------------------------------------------
 
 
@@ -111,3 +135,4 @@ def mcp_explicit_id(toolset: Any) -> str | None:
     """The `id=` an MCP toolset was created with; `MCPToolset.id` falls back to a generated one, which would not be
     stable across restarts."""
     return getattr(toolset, "_explicit_id", None) or None
+
