@@ -42,13 +42,13 @@ FIVE_REQUESTS = [{"tool_calls": [{"name": "record_step", "args": {"n": turn}}]} 
 ]
 
 
-def launch(run: CrashRun, executor_id: str, *args: str) -> WorkerProcess:
+def launch(run: CrashRun, executor_id: str, *args: str, log_name: str | None = None) -> WorkerProcess:
     worker = WorkerProcess(
         [
             *("--executor-id", executor_id, "--database-url", run.database_url),
             *("--port", str(run.server.port), "--workdir", str(run.workdir), "--dead-after", str(DEAD_AFTER), *args),
         ],
-        run.workdir / f"{executor_id}.log",
+        run.workdir / f"{log_name or executor_id}.log",
         run.workdir,
         script=FAILOVER_WORKER,
     )
@@ -218,3 +218,38 @@ def test_paused_worker_is_fenced(crash_run: Callable[..., CrashRun]) -> None:
         assert sends[(prompt, 2)] == 1  # sent by worker-b only
     calls = Counter(tuple(line.split()[1:]) for line in run.lines("tools.log"))
     assert all(calls[(prompt, "0")] == 1 for prompt in prompts)
+
+
+def test_second_process_with_the_same_id_waits(crash_run: Callable[..., CrashRun]) -> None:
+    """Two processes given one executor id never run at once: the second waits in `claim()` while the first
+    heartbeats, and takes the id (recovering its runs, as a restarted StatefulSet pod would) once the first died."""
+    run = crash_run("same-id", "async", GATED)
+    first = launch(run, "worker-x")
+    run.wait_until(lambda: len(run.lines("ready-worker-x")) == 1, "the first worker-x to serve", first)
+    prompts = [f"same-id-{index}" for index in range(2)]
+    ids = [start_run(AGENT, prompt, database_url=run.database_url, queue=QUEUE).workflow_id for prompt in prompts]
+    run.wait_until(lambda: len(run.lines("gate.log")) == 2, "worker-x's runs to wait at the gate", first)
+
+    second = launch(run, "worker-x", log_name="worker-x-second")
+    run.wait_until(lambda: "held by a live process" in _log(run, "worker-x-second"), "the second to wait", second)
+    assert len(run.lines("ready-worker-x")) == 1  # it has not launched DBOS
+
+    first.kill()
+    (run.workdir / "gate").touch()
+    run.wait_until(
+        lambda: all(status.status in FINISHED for status in statuses(run, ids).values()),  # type: ignore[attr-defined]
+        "the second worker-x to recover the runs",
+        second,
+    )
+    assert {status.status for status in statuses(run, ids).values()} == {"SUCCESS"}  # type: ignore[attr-defined]
+    assert len(run.lines("ready-worker-x")) == 2
+    sends = Counter((request.prompt, request.turn) for request in run.server.requests())
+    assert all(sends[(prompt, 0)] == 1 and sends[(prompt, 1)] == 1 for prompt in prompts)
+    worker_rows, takeover_rows = fleet_rows(run.database_url)
+    assert [(row.executor_id, row.state) for row in worker_rows] == [("worker-x", "alive")]
+    assert takeover_rows == []  # recovered by its own executor id, not taken over
+
+
+def _log(run: CrashRun, name: str) -> str:
+    path = run.workdir / f"{name}.log"
+    return path.read_text(errors="replace") if path.exists() else ""
