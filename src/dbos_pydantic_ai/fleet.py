@@ -130,7 +130,8 @@ class FleetMember:
         self._thread: threading.Thread | None = None
         self._stopped = False
         self._fenced = False
-        self._failing_since: float | None = None
+        self._connected_since: float | None = None  # first heartbeat of the current unbroken streak
+        self._waiting_logged = False
 
     def __repr__(self) -> str:
         return f"FleetMember({self.executor_id!r}, version={self.app_version!r}, db={redact_url(self.database_url)})"
@@ -282,7 +283,8 @@ class FleetMember:
         heartbeat has renewed it. A fenced or stopped worker never returns: the step stays parked, unrecorded."""
         if self._may_run_steps():
             return
-        if not self._stopped and not self._fenced:
+        if not self._stopped and not self._fenced and not self._waiting_logged:
+            self._waiting_logged = True
             logger.warning("Worker %r: lease expired (paused or heartbeats failing): steps wait.", self.executor_id)
         self._wake.set()
         while not self._may_run_steps():
@@ -292,20 +294,38 @@ class FleetMember:
 
     def _heartbeat_loop(self) -> None:
         while not self._stop.is_set():
-            try:
-                self._beat()
-                if not self._fenced:
-                    self._take_over_silent_peers()
-                self._failing_since = None
-            except Exception as error:
-                if self._failing_since is None:
-                    self._failing_since = time.monotonic()
-                    logger.warning("Worker %r: heartbeat failed (%s); retrying.", self.executor_id, error)
+            if self._heartbeat() and not self._fenced:
+                assert self._connected_since is not None
+                # Only a worker that has itself been heard from for `dead_after` may call a peer silent: after a
+                # database outage every worker's heartbeat is equally old, and the first one back must not take
+                # over all the others.
+                if time.monotonic() - self._connected_since >= self.dead_after:
+                    try:
+                        self._take_over_silent_peers()
+                    except Exception as error:
+                        logger.warning("Worker %r: looking for silent peers failed (%s).", self.executor_id, error)
             if self._fenced:
                 self._on_fenced()
                 return
             self._wake.wait(self.heartbeat_interval)
             self._wake.clear()
+
+    def _heartbeat(self) -> bool:
+        """One heartbeat; whether it went through. Logs when heartbeats start failing and when they are back."""
+        try:
+            self._beat()
+        except Exception as error:
+            if self._connected_since is not None or not self._waiting_logged:
+                logger.warning("Worker %r: heartbeat failed (%s); retrying.", self.executor_id, error)
+                self._waiting_logged = True
+            self._connected_since = None
+            return False
+        if self._connected_since is None:
+            if self._waiting_logged:
+                logger.warning("Worker %r: heartbeats go through again.", self.executor_id)
+            self._connected_since = time.monotonic()
+            self._waiting_logged = False
+        return True
 
     def _beat(self) -> None:
         workers = self._tables.workers

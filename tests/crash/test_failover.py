@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 from crash_harness import CrashRun, WorkerProcess
+from tcp_proxy import TcpProxy
 
 from dbos_pydantic_ai import start_run
 from dbos_pydantic_ai._fleet_tables import DEAD, FleetTables
@@ -42,10 +43,12 @@ FIVE_REQUESTS = [{"tool_calls": [{"name": "record_step", "args": {"n": turn}}]} 
 ]
 
 
-def launch(run: CrashRun, executor_id: str, *args: str, log_name: str | None = None) -> WorkerProcess:
+def launch(
+    run: CrashRun, executor_id: str, *args: str, log_name: str | None = None, database_url: str | None = None
+) -> WorkerProcess:
     worker = WorkerProcess(
         [
-            *("--executor-id", executor_id, "--database-url", run.database_url),
+            *("--executor-id", executor_id, "--database-url", database_url or run.database_url),
             *("--port", str(run.server.port), "--workdir", str(run.workdir), "--dead-after", str(DEAD_AFTER), *args),
         ],
         run.workdir / f"{log_name or executor_id}.log",
@@ -253,3 +256,44 @@ def test_second_process_with_the_same_id_waits(crash_run: Callable[..., CrashRun
 def _log(run: CrashRun, name: str) -> str:
     path = run.workdir / f"{name}.log"
     return path.read_text(errors="replace") if path.exists() else ""
+
+
+def test_database_outage_longer_than_dead_after_declares_nobody_dead(crash_run: Callable[..., CrashRun]) -> None:
+    """The database goes away from every worker for longer than `dead_after`, then comes back.
+
+    Every worker's heartbeat is then equally old; the first worker whose heartbeat goes through again must not
+    declare the others dead (it waits until it has itself been heard from for `dead_after`). Nobody is taken over,
+    nobody exits, and the runs in flight finish once.
+    """
+    run = crash_run("outage", "async", FIVE_REQUESTS, latency_seconds=0.5)
+    proxy = TcpProxy(sa.make_url(run.database_url).port or 5432)
+    proxied = sa.make_url(run.database_url).set(port=proxy.port).render_as_string(hide_password=False)
+    try:
+        workers = {name: launch(run, name, database_url=proxied) for name in ("worker-1", "worker-2")}
+        wait_ready(run, workers)
+        prompts = [f"outage-{index}" for index in range(6)]
+        ids = [start_run(AGENT, prompt, database_url=run.database_url, queue=QUEUE).workflow_id for prompt in prompts]
+        run.wait_until(lambda: len(run.server.requests()) >= 6, "runs to be under way", *workers.values())
+
+        proxy.cut()
+        time.sleep(DEAD_AFTER + 3)  # the outage itself: longer than dead_after
+        proxy.restore()
+
+        run.wait_until(
+            lambda: all(status.status in FINISHED for status in statuses(run, ids).values()),  # type: ignore[attr-defined]
+            "the runs to finish after the outage",
+            *workers.values(),
+        )
+        time.sleep(DEAD_AFTER)  # long enough for a wrongful takeover to happen, were it going to
+        assert {status.status for status in statuses(run, ids).values()} == {"SUCCESS"}  # type: ignore[attr-defined]
+        assert not any(worker.exited() for worker in workers.values())
+        worker_rows, takeover_rows = fleet_rows(run.database_url)
+        assert sorted((row.executor_id, row.state) for row in worker_rows) == [
+            ("worker-1", "alive"),
+            ("worker-2", "alive"),
+        ]
+        assert takeover_rows == []
+        sends = Counter((request.prompt, request.turn) for request in run.server.requests())
+        assert sorted(set(sends.values())) == [1], sends
+    finally:
+        proxy.close()
