@@ -164,6 +164,17 @@ def test_sigkill_one_of_three_workers(crash_run: Callable[..., CrashRun]) -> Non
     assert [name for name, log in logs.items() if "took over" in log] == [dead.taken_over_by]
     assert all(row.state == "alive" for row in worker_rows if row.executor_id != "worker-2")
 
+    # worker-2 comes back (same id, as a restarted pod would): it takes its id again and redoes nothing.
+    requests_before, tool_calls_before = len(run.server.requests()), len(run.lines("tools.log"))
+    back = launch(run, "worker-2", log_name="worker-2-back")
+    run.wait_until(lambda: len(run.lines("ready-worker-2")) == 2, "worker-2 to come back", back)
+    time.sleep(DEAD_AFTER)  # time enough for a recovery to re-run anything, were it going to
+    assert (len(run.server.requests()), len(run.lines("tools.log"))) == (requests_before, tool_calls_before)
+    worker_rows, _ = fleet_rows(run.database_url)
+    back_row = next(row for row in worker_rows if row.executor_id == "worker-2")
+    assert (back_row.state, back_row.taken_over_by) == ("alive", None)
+    assert back_row.incarnation != dead.incarnation
+
 
 GATED = [
     {"tool_calls": [{"name": "record_step", "args": {"n": 0}}]},
