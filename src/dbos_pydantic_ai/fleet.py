@@ -33,7 +33,7 @@ from collections.abc import Callable, Sequence
 
 import sqlalchemy as sa
 
-from ._compat import dbos_launched, reenqueue_pending_runs
+from ._compat import dbos_instance, dbos_launched, reenqueue_pending_runs
 from ._fleet_tables import ALIVE, DEAD, STOPPED, FleetTables, create_fleet_tables, db_now
 from .config import redact_url
 
@@ -52,8 +52,9 @@ _current: FleetMember | None = None
 
 
 def current_member() -> FleetMember | None:
-    """The `FleetMember` started in this process, if any."""
-    return _current
+    """The `FleetMember` started with this process's DBOS, if any (stopped or not)."""
+    member = _current
+    return member if member is not None and member._dbos is dbos_instance() else None
 
 
 def _engine_for(database_url: str) -> sa.Engine:
@@ -128,6 +129,7 @@ class FleetMember:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._dbos: object | None = None  # the DBOS instance it was started with
         self._stopped = False
         self._fenced = False
         self._connected_since: float | None = None  # first heartbeat of the current unbroken streak
@@ -217,6 +219,7 @@ class FleetMember:
             raise RuntimeError("FleetMember.start() needs DBOS launched: call claim(), DBOS.launch(), then start().")
         if self._thread is not None:
             return
+        self._dbos = dbos_instance()
         _current = self
         self._thread = threading.Thread(target=self._heartbeat_loop, name="dbos-pai-heartbeat", daemon=True)
         self._thread.start()
@@ -228,7 +231,6 @@ class FleetMember:
         From here on this process starts no new step: a run still executing stays parked, and its new owner
         resumes it from its last recorded step.
         """
-        global _current
         self._stopped = True
         self._stop.set()
         self._wake.set()
@@ -246,8 +248,8 @@ class FleetMember:
                 .values(state=STOPPED, stopped_at=db_now(self._engine))
             )
         handed_off = reenqueue_pending_runs(self.executor_id) if hand_off and dbos_launched() else []
-        if _current is self:
-            _current = None
+        # This member stays `current_member()`, stopped: `hold_lease()` keeps parking the steps of runs that were
+        # handed off above but still execute here, until this DBOS is destroyed.
         self._engine.dispose()
         return handed_off
 
@@ -441,5 +443,5 @@ async def hold_lease() -> None:
     """Called before every step this library runs: wait while this process's fleet lease is not held (a no-op
     outside a fleet)."""
     member = _current
-    if member is not None:
+    if member is not None and member._dbos is dbos_instance():
         await member.hold_lease()
