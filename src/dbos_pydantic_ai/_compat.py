@@ -27,11 +27,16 @@ __all__ = [
     "check_no_nested_sync_run",
     "client_engine",
     "client_status_table",
+    "current_function_id",
     "dbos_launched",
+    "dbos_tracing_enabled",
+    "last_stream_offset",
     "launched_system_database",
     "mcp_explicit_id",
+    "pydantic_ai_instrumented",
     "recovery_attempts",
     "reenqueue_pending_runs",
+    "stream_offset_of_step",
     "with_dbos_db_retry",
 ]
 
@@ -120,6 +125,64 @@ def reenqueue_pending_runs(executor_id: str) -> list[str]:
     return moved
 
 
+# --- Tracing (tracing.py) ----------------------------------------------------------------------------
+
+
+def dbos_tracing_enabled() -> bool:
+    """Whether DBOS emits its workflow and step spans (`enable_otlp`). DBOS keeps the flag on its tracer only."""
+    from dbos._tracer import dbos_tracer
+
+    return not dbos_tracer.disable_otlp
+
+
+def current_function_id() -> int | None:
+    """The id of the step the calling workflow code ran last (DBOS's context counter), or None outside a workflow.
+    `DBOS.step_id` answers only inside a step; a replayed step's id is needed after it returned."""
+    from dbos._context import get_local_dbos_context
+
+    ctx = get_local_dbos_context()
+    if ctx is None or not ctx.is_within_workflow():
+        return None
+    return ctx.function_id
+
+
+def last_stream_offset(workflow_id: str, key: str) -> int:
+    """The offset of the last value in a run's stream (-1 when empty), read with the launched DBOS's engine. DBOS's
+    `write_stream` does not return the offset it wrote at; a traced step counts its writes from here."""
+    import sqlalchemy as sa
+    from dbos._dbos import _get_dbos_instance
+
+    sys_db = _get_dbos_instance()._sys_db
+    streams = sys_db.tables.streams
+    query = sa.select(sa.func.max(streams.c.offset)).where(streams.c.workflow_uuid == workflow_id, streams.c.key == key)
+    with sys_db.engine.connect() as connection:
+        last = connection.execute(query).scalar()
+    return -1 if last is None else int(last)
+
+
+def stream_offset_of_step(workflow_id: str, key: str, function_id: int) -> int | None:
+    """The offset of the value a checkpointed `write_stream` from workflow code wrote at step `function_id`."""
+    import sqlalchemy as sa
+    from dbos._dbos import _get_dbos_instance
+
+    sys_db = _get_dbos_instance()._sys_db
+    streams = sys_db.tables.streams
+    query = sa.select(sa.func.min(streams.c.offset)).where(
+        streams.c.workflow_uuid == workflow_id, streams.c.key == key, streams.c.function_id == function_id
+    )
+    with sys_db.engine.connect() as connection:
+        offset = connection.execute(query).scalar()
+    return None if offset is None else int(offset)
+
+
+def pydantic_ai_instrumented() -> bool:
+    """Whether pydantic-ai instruments every agent already (`Agent.instrument_all()`, e.g. by Logfire). pydantic-ai
+    keeps it in a private class variable, with no getter."""
+    from pydantic_ai import Agent
+
+    return Agent._instrument_default is not False
+
+
 # --- pydantic-ai -------------------------------------------------------------------------------------
 
 
@@ -135,4 +198,3 @@ def mcp_explicit_id(toolset: Any) -> str | None:
     """The `id=` an MCP toolset was created with; `MCPToolset.id` falls back to a generated one, which would not be
     stable across restarts."""
     return getattr(toolset, "_explicit_id", None) or None
-
