@@ -27,6 +27,7 @@ __all__ = [
     "check_no_nested_sync_run",
     "client_engine",
     "client_status_table",
+    "client_step_outputs",
     "current_function_id",
     "dbos_launched",
     "dbos_tracing_enabled",
@@ -85,6 +86,21 @@ def client_engine(client: Any) -> sa.Engine:
     """A `DBOSClient`'s engine, to see whether a read in flight still holds a connection before closing it."""
     engine: sa.Engine = client._sys_db.engine
     return engine
+
+
+def client_step_outputs(client: Any) -> tuple[sa.Table, Callable[[str | None, str | None], Any]]:
+    """A `DBOSClient`'s `operation_outputs` table and a function that decodes a stored step output (text and its
+    `serialization` column). The metrics endpoint reads new model steps in bulk, by completion time; DBOS's
+    `list_workflow_steps` reads one run at a time."""
+    from dbos._serialization import deserialize_value
+
+    sys_db = client._sys_db
+    serializer = client._serializer
+
+    def decode(text: str | None, serialization: str | None) -> Any:
+        return deserialize_value(text, serialization, serializer)
+
+    return sys_db.tables.operation_outputs, decode
 
 
 def recovery_attempts(status: Any) -> int | None:

@@ -510,6 +510,12 @@ def create_app(
             headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
         )
 
+    # Prometheus metrics at /metrics (metrics.py), from the console's own client and approvals connection.
+    from ..metrics import RunMetrics
+    from ..metrics import router as metrics_router
+
+    app.include_router(metrics_router(RunMetrics(data.client, data.inbox)))
+
     if (STATIC_DIR / "index.html").exists():
         app.mount("/", StaticFiles(directory=STATIC_DIR, html=True), name="static")
     else:
