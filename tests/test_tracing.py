@@ -254,3 +254,34 @@ async def test_stream_writes_are_span_events_with_their_offsets(
     assert writes and [offset for offset, _ in writes] == list(range(len(writes)))  # DBOS's offsets, each once
     read = [position async for position, _ in read_events("wf-stream", database_url=database_url)]
     assert read == [position for _, position in writes]  # each write is an event read_events() yields there
+
+
+# --- The console's link ---------------------------------------------------------------------------------
+
+
+async def test_the_console_links_a_traced_run_to_its_trace(
+    agent_name: str, launch_traced: Callable[[], None], database_url: str
+) -> None:
+    from fastapi.testclient import TestClient
+
+    from dbos_pydantic_ai.console import create_app
+
+    agent: Agent[None, str] = Agent(TestModel(), name=agent_name)
+    durable = DBOSAgent(agent)
+    launch_traced()
+    with SetWorkflowID("wf/linked"):
+        await durable.run("go")
+    [root] = [s for s in spans_of("wf/linked") if s["name"] == f"{agent_name}.run"]
+
+    template = "https://traces.example/t/{trace_id}?run={workflow_id}"
+    with TestClient(create_app(database_url, trace_url=template)) as console:
+        run = (await asyncio.to_thread(console.get, "/api/runs/wf%2Flinked")).json()
+    assert run["trace"] == {
+        "trace_id": root["trace_id"],
+        "url": f"https://traces.example/t/{root['trace_id']}?run=wf%2Flinked",
+        "execution": 1,
+    }
+    with TestClient(create_app(database_url)) as console:
+        assert "trace" not in (await asyncio.to_thread(console.get, "/api/runs/wf%2Flinked")).json()
+    with pytest.raises(UserError, match=r"\{trace_id\}"):
+        create_app(database_url, trace_url="https://traces.example/")

@@ -43,8 +43,10 @@ __all__ = [
     "STREAM_POSITION",
     "WORKFLOW_ID",
     "RunSpanProcessor",
+    "check_trace_url",
     "dbos_tracing_config",
     "install",
+    "trace_link",
 ]
 
 WORKFLOW_ID = "dbos.workflow_id"
@@ -378,3 +380,29 @@ async def stream_write_recorded(key: str, kind: str) -> None:
         attributes[STREAM_OFFSET] = offset
         attributes[STREAM_POSITION] = offset + 1
     span.add_event("stream.write", attributes)
+
+
+# --- Links from the console (console/app.py) -----------------------------------------------------------------
+
+
+def check_trace_url(template: str) -> str:
+    """`template` if it is a usable trace URL template (http(s), with `{trace_id}`), else a `UserError` saying why."""
+    if "{trace_id}" not in template or not template.startswith(("http://", "https://")):
+        raise UserError(
+            f"Trace URL template {template!r} must be an http(s) URL with `{{trace_id}}` where the trace id goes, "
+            "e.g. 'https://logfire-us.pydantic.dev/ORG/PROJECT?q=trace_id%3D%27{trace_id}%27' or "
+            "'http://localhost:16686/trace/{trace_id}'."
+        )
+    return template
+
+
+def trace_link(stored: Any, template: str, workflow_id: str) -> dict[str, Any] | None:
+    """The link to a run's latest traced execution, from its `dbos_pydantic_ai.trace` event (`stored`), or None
+    when the run was not traced. `{trace_id}` and `{workflow_id}` in `template` are filled in."""
+    if not isinstance(stored, dict) or not isinstance(stored.get("trace_id"), str):
+        return None
+    from urllib.parse import quote
+
+    trace_id = stored["trace_id"]
+    url = template.replace("{trace_id}", quote(trace_id, safe="")).replace("{workflow_id}", quote(workflow_id, safe=""))
+    return {"trace_id": trace_id, "url": url, "execution": stored.get("execution")}

@@ -45,6 +45,8 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..approvals import ApprovalRejected
+from ..names import TRACE_EVENT
+from ..tracing import check_trace_url, trace_link
 from .data import STATUSES, ConsoleData, InvalidCursor, RunNotFound, approval_json
 
 __all__ = ["DEFAULT_MAX_LIVE_READERS", "LIVE_READER_POOL_SIZE", "TOKEN_COOKIE", "create_app", "token_cookie_value"]
@@ -326,6 +328,7 @@ def create_app(
     token: str | None = None,
     allowed_hosts: Sequence[str] | None = None,
     max_live_readers: int = DEFAULT_MAX_LIVE_READERS,
+    trace_url: str | None = None,
 ) -> FastAPI:
     """The console for the DBOS system database at `database_url`.
 
@@ -335,11 +338,14 @@ def create_app(
         allowed_hosts: Accepted `Host` header names (e.g. the loopback names); None accepts any.
         max_live_readers: Live tails served at once (they share `LIVE_READER_POOL_SIZE` connections);
             more are refused with 503 until one ends.
+        trace_url: A URL template with `{trace_id}`: each traced run links to its trace there (tracing.py).
     """
     if token is not None and not token:
         raise ValueError("An empty token would let everyone in: pass None or a non-empty token.")
     if isinstance(max_live_readers, bool) or not isinstance(max_live_readers, int) or max_live_readers < 1:
         raise ValueError(f"max_live_readers must be an int >= 1, not {max_live_readers!r}.")
+    if trace_url is not None:
+        check_trace_url(trace_url)
     data = ConsoleData(database_url)
     live = _LiveReaders(database_url, max_live_readers)
 
@@ -400,7 +406,11 @@ def create_app(
     @app.get("/api/runs/{workflow_id}")
     async def run(workflow_id: WorkflowId) -> dict[str, Any]:
         """A run: its summary, conversation, steps, model requests, children, pending approvals and output."""
-        return await blocking(data.run, workflow_id)
+        found: dict[str, Any] = await blocking(data.run, workflow_id)
+        if trace_url is not None:  # a link to the run's latest trace (tracing.py)
+            stored = await blocking(data.client.get_event, workflow_id, TRACE_EVENT, 0)
+            found["trace"] = trace_link(stored, trace_url, workflow_id)
+        return found
 
     @app.get("/api/compare")
     async def compare(

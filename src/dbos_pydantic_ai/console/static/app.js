@@ -783,6 +783,7 @@
     ];
     if (run.executor_id) rows.push(["Worker", h("span", { class: "mono", id: "run-worker" }, run.executor_id + (run.app_version ? ` (version ${run.app_version})` : ""))]);
     if (run.recovery) rows.push(["Recovered", h("span", { id: "run-recovery" }, recoveryText(run))]);
+    if (run.trace) rows.push(["Trace", h("a", { href: run.trace.url, id: "run-trace", target: "_blank", rel: "noopener noreferrer" }, run.trace.trace_id)]);
     if (run.parent_workflow_id) rows.push(["Parent run", runLink(run.parent_workflow_id)]);
     if (run.forked_from) {
       rows.push([
