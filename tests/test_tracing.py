@@ -285,3 +285,20 @@ async def test_the_console_links_a_traced_run_to_its_trace(
         assert "trace" not in (await asyncio.to_thread(console.get, "/api/runs/wf%2Flinked")).json()
     with pytest.raises(UserError, match=r"\{trace_id\}"):
         create_app(database_url, trace_url="https://traces.example/")
+
+
+def test_an_otlp_endpoint_without_a_provider_gets_one_named_after_the_app(tmp_path: Any) -> None:
+    """In a fresh process: `dbos_config` sets the SDK provider DBOS would set at launch, with the processor on it."""
+    import subprocess
+    import sys
+
+    script = (
+        "from opentelemetry import trace\n"
+        "from dbos_pydantic_ai import dbos_config, tracing\n"
+        f"dbos_config('otlp_app', database_url='sqlite:///{tmp_path / 'o.sqlite'}', tracing=True,\n"
+        "            otlp_endpoint='http://127.0.0.1:9/v1/traces', instrument_pydantic_ai=False)\n"
+        "provider = trace.get_tracer_provider()\n"
+        "print(provider.resource.attributes['service.name'], tracing._installed_on is provider)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False)
+    assert done.stdout.split() == ["otlp_app", "True"], done.stderr

@@ -289,6 +289,7 @@ def dbos_config(
     from .tracing import dbos_tracing_config
 
     traced = dbos_tracing_config(
+        name,
         tracing=tracing,
         otlp_endpoint=otlp_endpoint,
         trace_attributes=trace_attributes,

@@ -70,6 +70,7 @@ _library_step: contextvars.ContextVar[bool] = contextvars.ContextVar("dbos_pai_l
 
 
 def dbos_tracing_config(
+    name: str,
     *,
     tracing: bool,
     otlp_endpoint: str | Sequence[str] | None,
@@ -91,6 +92,8 @@ def dbos_tracing_config(
             "install it with `pip install 'dbos-pydantic-ai[otel]'`."
         ) from error
     endpoints = [otlp_endpoint] if isinstance(otlp_endpoint, str) else list(otlp_endpoint or [])
+    if endpoints:
+        _ensure_sdk_provider(name)
     config: dict[str, Any] = {"enable_otlp": True}
     if endpoints:
         config["otlp_traces_endpoints"] = endpoints
@@ -102,6 +105,17 @@ def dbos_tracing_config(
         Agent.instrument_all()
     install()  # now, if a tracer provider is set (else at the first traced step), so runs' first spans are marked
     return config
+
+
+def _ensure_sdk_provider(service_name: str) -> None:
+    """Set an SDK tracer provider named after the application when none is set yet, as DBOS would at launch, so
+    this library's processor is on it before the first run starts (DBOS adds its exporters to it)."""
+    from opentelemetry import trace
+    from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+    from opentelemetry.sdk.trace import TracerProvider
+
+    if isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
+        trace.set_tracer_provider(TracerProvider(resource=Resource({SERVICE_NAME: service_name})))
 
 
 # --- The span processor --------------------------------------------------------------------------------
