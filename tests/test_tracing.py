@@ -302,3 +302,15 @@ def test_an_otlp_endpoint_without_a_provider_gets_one_named_after_the_app(tmp_pa
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False)
     assert done.stdout.split() == ["otlp_app", "True"], done.stderr
+
+
+async def test_an_approval_timeout_is_a_decided_event(agent_name: str, launch_traced: Callable[[], None]) -> None:
+    durable = refund_agent(agent_name, Scripted([("refund", {"amount": 10}, "c1")]), [], approval_timeout=1)
+    launch_traced()
+    await asyncio.wait_for(start(durable, "async", "wf-timeout"), 60)
+
+    events = [e["attributes"] for s in spans_of("wf-timeout") for e in s["events"] if e["name"] == "approval.decided"]
+    assert [(e["dbos_pydantic_ai.approval.tool_call_id"], e["dbos_pydantic_ai.approval.decision"]) for e in events] == [
+        ("c1", "timed_out")
+    ]
+    assert events[0]["dbos_pydantic_ai.approval.waited_seconds"] >= 1

@@ -166,14 +166,7 @@ async def wait_for_decisions(
                 else:
                     results.calls[call_id] = ToolFailed(reason)
                 state["decided"][call_id] = {"decision": TIMED_OUT, "at": row["decided_at_epoch_ms"] / 1000}
-                approval_event(
-                    "decided",
-                    wait_id,
-                    started["at"],
-                    tool_call_id=call_id,
-                    decision=TIMED_OUT,
-                    **state["decided"][call_id],
-                )
+                approval_event("decided", wait_id, started["at"], tool_call_id=call_id, **state["decided"][call_id])
             if pending:
                 await DBOS.set_event_async(APPROVALS_EVENT, state)
             continue
