@@ -209,7 +209,10 @@ def _active() -> bool:
     """Whether DBOS traces (and so this module marks spans); installs the processor when it can."""
     if not _compat.dbos_tracing_enabled():
         return False
-    install()
+    try:
+        install()
+    except ImportError:  # DBOS's flag without OpenTelemetry installed: DBOS itself would fail at its first span
+        return False
     return True
 
 
