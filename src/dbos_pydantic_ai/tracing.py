@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import threading
 import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -30,8 +29,7 @@ from .exceptions import UserError
 from .names import TRACE_EVENT
 
 if TYPE_CHECKING:
-    from opentelemetry.context import Context
-    from opentelemetry.sdk.trace import ReadableSpan, Span
+    from ._span_processor import RunSpanProcessor
 
 __all__ = [
     "APPROVAL_WAIT_ID",
@@ -60,10 +58,10 @@ STREAM_OFFSET = "dbos.stream.offset"
 STREAM_KEY_ATTRIBUTE = "dbos.stream.key"
 STREAM_POSITION = "dbos_pydantic_ai.stream.position"  # the offset `read_events()` yields for it: DBOS's offset + 1
 
-_DBOS_SCOPE = "dbos-tracer"  # the instrumentation scope DBOS 3.4 starts its spans with (`_tracer.py`)
+DBOS_SCOPE = "dbos-tracer"  # the instrumentation scope DBOS 3.4 starts its spans with (`_tracer.py`)
 
 # Set while this library's step is being started, so the processor can tell its DBOS step span from DBOS's own.
-_library_step: contextvars.ContextVar[bool] = contextvars.ContextVar("dbos_pai_library_step", default=False)
+library_step: contextvars.ContextVar[bool] = contextvars.ContextVar("dbos_pai_library_step", default=False)
 
 
 # --- Configuration -------------------------------------------------------------------------------------
@@ -118,68 +116,20 @@ def _ensure_sdk_provider(service_name: str) -> None:
         trace.set_tracer_provider(TracerProvider(resource=Resource({SERVICE_NAME: service_name})))
 
 
-# --- The span processor --------------------------------------------------------------------------------
-
-try:
-    from opentelemetry.sdk.trace import SpanProcessor as _SpanProcessorBase
-except ImportError:  # the `otel` extra is not installed: nothing is traced, the class is never used
-    _SpanProcessorBase = object  # type: ignore[assignment,misc]
+# --- The span processor (its class is in _span_processor.py, which imports the OpenTelemetry SDK) ---------------
 
 
-class RunSpanProcessor(_SpanProcessorBase):  # type: ignore[misc,valid-type]
-    """Marks the spans of durable runs as they start (see the module docstring); exports nothing itself.
+def __getattr__(name: str) -> Any:
+    """`RunSpanProcessor`, imported only when asked for: it needs the OpenTelemetry SDK (the `otel` extra)."""
+    if name == "RunSpanProcessor":
+        from ._span_processor import RunSpanProcessor
 
-    `install()` adds one to the global tracer provider; add it yourself to a provider you build (before or after
-    Logfire's `configure()`, which accepts `additional_span_processors=[RunSpanProcessor()]`).
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        # The open workflow span of each run executing in this process, to link a recovered execution to the last.
-        self._workflow_spans: dict[str, Span] = {}
-
-    def on_start(self, span: Span, parent_context: Context | None = None) -> None:
-        from dbos import DBOS
-
-        workflow_id = DBOS.workflow_id
-        if not workflow_id:
-            return
-        span.set_attribute(WORKFLOW_ID, workflow_id)
-        scope = span.instrumentation_scope
-        if scope is None or scope.name != _DBOS_SCOPE:
-            return
-        step_id = DBOS.step_id
-        if step_id is None:
-            with self._lock:
-                self._workflow_spans.setdefault(workflow_id, span)
-        elif _library_step.get():
-            span.set_attribute(STEP_ID, step_id)
-            span.set_attribute(REPLAYED, True)  # until the step's function runs (`StepTrace.live`)
-
-    def on_end(self, span: ReadableSpan) -> None:
-        workflow_id = span.attributes.get(WORKFLOW_ID) if span.attributes else None
-        if isinstance(workflow_id, str) and span.context is not None:
-            span_id = span.context.span_id  # `span` is a read-only copy of the one `on_start` saw
-            with self._lock:
-                started = self._workflow_spans.get(workflow_id)
-                if started is not None and started.get_span_context().span_id == span_id:
-                    del self._workflow_spans[workflow_id]
-                    _announced.discard(span_id)
-
-    def workflow_span(self, workflow_id: str) -> Span | None:
-        with self._lock:
-            return self._workflow_spans.get(workflow_id)
-
-    def shutdown(self) -> None:
-        pass
-
-    def force_flush(self, timeout_millis: int = 30000) -> bool:
-        return True
+        return RunSpanProcessor
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 _processor: RunSpanProcessor | None = None
 _installed_on: Any = None
-_announced: set[int] = set()  # ids of the open workflow spans whose trace context this process stored (first live step)
 
 
 def install(provider: Any = None) -> RunSpanProcessor | None:
@@ -199,6 +149,8 @@ def install(provider: Any = None) -> RunSpanProcessor | None:
     if add is None:
         return None
     if _processor is None:
+        from ._span_processor import RunSpanProcessor
+
         _processor = RunSpanProcessor()
     add(_processor)
     _installed_on = target
@@ -233,12 +185,12 @@ class StepTrace:
         self._token: contextvars.Token[bool] | None = None
 
     def __enter__(self) -> StepTrace:
-        self._token = _library_step.set(True)
+        self._token = library_step.set(True)
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         if self._token is not None:
-            _library_step.reset(self._token)
+            library_step.reset(self._token)
         from opentelemetry import trace
 
         span = trace.get_current_span()
@@ -257,7 +209,7 @@ class StepTrace:
         from opentelemetry import trace
 
         self.is_live = True
-        _library_step.set(False)  # calls made by the step's function are not this step
+        library_step.set(False)  # calls made by the step's function are not this step
         trace.get_current_span().set_attribute(REPLAYED, False)
         await _announce_execution()
 
@@ -282,9 +234,9 @@ async def _announce_execution() -> None:
         return
     span = _processor.workflow_span(workflow_id)
     context = span.get_span_context() if span is not None else None
-    if span is None or context is None or context.span_id in _announced:
+    if span is None or context is None or context.span_id in _processor.announced:
         return
-    _announced.add(context.span_id)
+    _processor.announced.add(context.span_id)
     previous = await DBOS.get_event_async(workflow_id, TRACE_EVENT, timeout_seconds=0)
     execution = 1
     if isinstance(previous, dict) and previous.get("trace_id") != format(context.trace_id, "032x"):
