@@ -270,6 +270,13 @@ def console_command(
         int,
         typer.Option(min=1, help="Live outputs served at once (they share a few database connections); more get 503."),
     ] = 32,
+    trace_url: Annotated[
+        str | None,
+        typer.Option(
+            envvar="DBOS_PAI_TRACE_URL",
+            help="Link traced runs to their trace: a URL template with {trace_id} (Logfire, Jaeger, Tempo, ...).",
+        ),
+    ] = None,
 ) -> None:
     """Serve the web console: runs, conversations, costs, approvals and live output (needs the `console` extra)."""
     if database_url is None:
@@ -300,7 +307,9 @@ def console_command(
     try:
         # Bound to loopback, accept only loopback Host headers: a DNS-rebinding page cannot reach the API.
         allowed = [*LOOPBACK_HOSTS, "[::1]", host] if loopback else None
-        web_app = create_app(database_url, token=token, allowed_hosts=allowed, max_live_readers=max_live_readers)
+        web_app = create_app(
+            database_url, token=token, allowed_hosts=allowed, max_live_readers=max_live_readers, trace_url=trace_url
+        )
     except UserError as error:
         error_console.print(f"[bold red]Error:[/] {error}")
         raise typer.Exit(code=2) from None
