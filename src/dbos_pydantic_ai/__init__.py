@@ -24,6 +24,7 @@ from .exceptions import DatabaseUnreachableError, NotSerializableError, RunAlrea
 from .model import DBOSModel
 from .retries import ModelRetryPolicy, continue_run, is_transient
 from .runs import RunHandle, start_run, start_run_async
+from .serializer import JSONSerializer, StoredAsPickle, UnknownStoredTypeError, register_types
 from .streams import (
     DurableRunEvents,
     DurableStreamedRun,
@@ -56,6 +57,7 @@ __all__ = [
     "DurableStreamEvent",
     "DurableStreamedRun",
     "EventLog",
+    "JSONSerializer",
     "ModelRequestStarted",
     "ModelRetryPolicy",
     "NotSerializableError",
@@ -64,7 +66,9 @@ __all__ = [
     "RunHandle",
     "StepConfig",
     "StepFailedError",
+    "StoredAsPickle",
     "Superseded",
+    "UnknownStoredTypeError",
     "approval_args_digest",
     "approve",
     "approve_async",
@@ -78,6 +82,7 @@ __all__ = [
     "list_pending_approvals",
     "list_pending_approvals_async",
     "read_events",
+    "register_types",
     "start_run",
     "start_run_async",
 ]

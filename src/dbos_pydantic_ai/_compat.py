@@ -31,6 +31,7 @@ __all__ = [
     "launched_system_database",
     "mcp_explicit_id",
     "recovery_attempts",
+    "system_tables",
     "with_dbos_db_retry",
 ]
 
@@ -79,6 +80,22 @@ def client_engine(client: Any) -> sa.Engine:
     """A `DBOSClient`'s engine, to see whether a read in flight still holds a connection before closing it."""
     engine: sa.Engine = client._sys_db.engine
     return engine
+
+
+def system_tables(client: Any | None) -> tuple[sa.Engine, Any]:
+    """The engine and DBOS's table definitions (`workflow_status`, `workflow_input`, `workflow_output`,
+    `operation_outputs`, `workflow_events`, `streams`) of a `DBOSClient`, or of the launched DBOS for None.
+
+    Readers that must not unpickle (console, `approvals`, `tail`, `read_events`) read the stored text and its
+    `serialization` column themselves: DBOS's own readers unpickle every row marked `py_pickle`, whatever serializer
+    they are given."""
+    if client is None:
+        from dbos._dbos import _get_dbos_instance
+
+        sys_db = _get_dbos_instance()._sys_db
+    else:
+        sys_db = client._sys_db
+    return sys_db.engine, sys_db.tables
 
 
 def recovery_attempts(status: Any) -> int | None:

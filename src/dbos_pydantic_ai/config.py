@@ -16,6 +16,7 @@ from typing import Any, TypedDict
 
 from dbos import DBOSConfig
 
+from ._serialization import serializer_for
 from .exceptions import DatabaseUnreachableError, UserError
 
 __all__ = [
@@ -234,6 +235,7 @@ def dbos_config(
     application_version: str | None = None,
     check: bool = True,
     log_level: str = "WARNING",
+    serializer: Any = None,
     **extra: Any,
 ) -> DBOSConfig:
     """A `DBOSConfig` for a durable-agent application.
@@ -252,6 +254,11 @@ def dbos_config(
             logs each of its schema migrations and its launch at INFO. Pass "INFO" or "DEBUG" to see them.
             At the quiet levels DBOS's "Workflow already exists in queue: _dbos_internal_queue" warning is dropped
             too: a relaunched worker that starts a run recovery already took up joins that run (configuration.md).
+        serializer: How DBOS stores inputs, results, events and streams: "json" (the default: typed JSON that
+            readers never have to unpickle, see docs/serialization.md), "pickle" (DBOS's own default, for values
+            JSON cannot hold; its rows run code when read), or a DBOS `Serializer`. None reads the
+            `DBOS_PYDANTIC_AI_SERIALIZER` environment variable, else "json". Rows already stored keep the format
+            they were written in: DBOS reads each one by its recorded serialization.
         extra: Any other `DBOSConfig` key, passed through.
 
     Example:
@@ -273,5 +280,8 @@ def dbos_config(
         config["executor_id"] = executor_id
     if application_version is not None:
         config["application_version"] = application_version
+    chosen = serializer_for(serializer)
+    if chosen.name() != "py_pickle":
+        config["serializer"] = chosen
     config.update(extra)  # type: ignore[typeddict-item]
     return config

@@ -15,11 +15,18 @@ __all__ = ["create_app"]
 
 
 def create_app(
-    database_url: str, *, token: str | None = None, allowed_hosts: Any = None, max_live_readers: int | None = None
+    database_url: str,
+    *,
+    token: str | None = None,
+    allowed_hosts: Any = None,
+    max_live_readers: int | None = None,
+    trust_pickle: bool = False,
 ) -> FastAPI:
     """The console's FastAPI app for the system database at `database_url` (see `console.app.create_app`)."""
     from .app import DEFAULT_MAX_LIVE_READERS
     from .app import create_app as create
 
     limit = DEFAULT_MAX_LIVE_READERS if max_live_readers is None else max_live_readers
-    return create(database_url, token=token, allowed_hosts=allowed_hosts, max_live_readers=limit)
+    return create(
+        database_url, token=token, allowed_hosts=allowed_hosts, max_live_readers=limit, trust_pickle=trust_pickle
+    )

@@ -44,6 +44,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from .._serialization import serializer_for
 from ..approvals import ApprovalRejected
 from .data import STATUSES, ConsoleData, InvalidCursor, RunNotFound, approval_json
 
@@ -269,7 +270,10 @@ class _LiveReaders:
 
     async def open(self) -> None:
         self.client = await asyncio.to_thread(
-            DBOSClient, system_database_url=self.database_url, system_database_pool_size=LIVE_READER_POOL_SIZE
+            DBOSClient,
+            system_database_url=self.database_url,
+            system_database_pool_size=LIVE_READER_POOL_SIZE,
+            serializer=serializer_for(),
         )
 
     async def close(self) -> None:
@@ -326,6 +330,7 @@ def create_app(
     token: str | None = None,
     allowed_hosts: Sequence[str] | None = None,
     max_live_readers: int = DEFAULT_MAX_LIVE_READERS,
+    trust_pickle: bool = False,
 ) -> FastAPI:
     """The console for the DBOS system database at `database_url`.
 
@@ -335,12 +340,14 @@ def create_app(
         allowed_hosts: Accepted `Host` header names (e.g. the loopback names); None accepts any.
         max_live_readers: Live tails served at once (they share `LIVE_READER_POOL_SIZE` connections);
             more are refused with 503 until one ends.
+        trust_pickle: Unpickle values stored as pickle to show them (runs code the rows name: only for a
+            database whose writers you trust). Without it they show as "stored as pickle, not displayed".
     """
     if token is not None and not token:
         raise ValueError("An empty token would let everyone in: pass None or a non-empty token.")
     if isinstance(max_live_readers, bool) or not isinstance(max_live_readers, int) or max_live_readers < 1:
         raise ValueError(f"max_live_readers must be an int >= 1, not {max_live_readers!r}.")
-    data = ConsoleData(database_url)
+    data = ConsoleData(database_url, trust_pickle=trust_pickle)
     live = _LiveReaders(database_url, max_live_readers)
 
     @asynccontextmanager
@@ -504,7 +511,7 @@ def create_app(
                 raise HTTPException(422, "Last-Event-ID must be an event offset.")
         client, release = live.acquire()
         return _ReleasingStream(
-            sse_stream(workflow_id, start, client),
+            sse_stream(workflow_id, start, client, trust_pickle=data.trust_pickle),
             release,
             media_type="text/event-stream",
             headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
@@ -612,7 +619,9 @@ def event_json(offset: int, event: Any) -> dict[str, Any]:
     return data
 
 
-async def sse_stream(workflow_id: str, from_offset: int, client: DBOSClient) -> AsyncIterator[str]:
+async def sse_stream(
+    workflow_id: str, from_offset: int, client: DBOSClient, *, trust_pickle: bool = False
+) -> AsyncIterator[str]:
     """SSE messages for a run's events after `from_offset`, a comment every 15 s while idle, then `event: end`.
 
     Read through `client`, the console's shared one (left open).
@@ -623,7 +632,9 @@ async def sse_stream(workflow_id: str, from_offset: int, client: DBOSClient) -> 
 
     async def produce() -> None:
         try:
-            async for offset, event in read_events(workflow_id, from_offset=from_offset, client=client):
+            async for offset, event in read_events(
+                workflow_id, from_offset=from_offset, client=client, trust_pickle=trust_pickle
+            ):
                 await queue.put((offset, event))
         except Exception as error:
             await queue.put(error)
