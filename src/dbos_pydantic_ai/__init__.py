@@ -21,6 +21,7 @@ from .approvals import (
 )
 from .config import StepConfig, dbos_config
 from .exceptions import DatabaseUnreachableError, NotSerializableError, RunAlreadyActiveError, StepFailedError
+from .fleet import FleetMember
 from .model import DBOSModel
 from .retries import ModelRetryPolicy, continue_run, is_transient
 from .runs import RunHandle, start_run, start_run_async
@@ -57,6 +58,7 @@ __all__ = [
     "DurableStreamEvent",
     "DurableStreamedRun",
     "EventLog",
+    "FleetMember",
     "JSONSerializer",
     "ModelRequestStarted",
     "ModelRetryPolicy",

@@ -24,13 +24,18 @@ __all__ = [
     "UNSET",
     "LaunchedSystemDatabase",
     "Unset",
+    "active_workflow_ids",
     "check_no_nested_sync_run",
     "client_engine",
     "client_status_table",
+    "dbos_configured",
+    "dbos_instance",
     "dbos_launched",
     "launched_system_database",
     "mcp_explicit_id",
     "recovery_attempts",
+    "reenqueue_pending_runs",
+    "stop_dequeuing",
     "system_tables",
     "with_dbos_db_retry",
 ]
@@ -113,6 +118,29 @@ def with_dbos_db_retry(func: Callable[[], T]) -> T:
     return db_retry(sys_db=_get_dbos_instance()._sys_db)(func)()
 
 
+def reenqueue_pending_runs(executor_id: str) -> list[str]:
+    """Hand the PENDING runs of `executor_id` (this application and version) back to their queues, through DBOS's own
+    recovery path, and return the ids that *this call* re-enqueued.
+
+    DBOS's `_recover_pending_workflows` does the same but returns every id it saw, including those another worker
+    re-enqueued a moment earlier; failover records a takeover only for the runs it really moved. Each re-enqueue is
+    one atomic `PENDING -> ENQUEUED` update guarded by the executor id, so concurrent callers move each run once, and
+    the queue's `ENQUEUED -> PENDING` dequeue admits one runner. Public `resume_workflow` would also clear the run's
+    deduplication id and deadline, and move a queued run off its queue.
+    """
+    from dbos._dbos import _get_dbos_instance
+    from dbos._shard_keys import bind_shard_keys
+    from dbos._utils import INTERNAL_QUEUE_NAME, GlobalParams
+
+    sys_db = _get_dbos_instance()._sys_db
+    moved = []
+    for pending in sys_db.get_pending_workflows(executor_id, GlobalParams.app_version):
+        with bind_shard_keys({pending.workflow_id: pending.shard_key}):
+            if sys_db.reenqueue_for_recovery(pending.workflow_id, [executor_id], INTERNAL_QUEUE_NAME):
+                moved.append(pending.workflow_id)
+    return moved
+
+
 # --- pydantic-ai -------------------------------------------------------------------------------------
 
 
@@ -128,3 +156,58 @@ def mcp_explicit_id(toolset: Any) -> str | None:
     """The `id=` an MCP toolset was created with; `MCPToolset.id` falls back to a generated one, which would not be
     stable across restarts."""
     return getattr(toolset, "_explicit_id", None) or None
+
+
+# --- DBOS: the worker command (worker.py) -----------------------------------------------------------
+# A worker that is told to stop (SIGTERM) must stop taking runs from its queues at once, let the runs it has started
+# finish within a grace period, hand the rest back to their queues, and only then tear DBOS down. `DBOS.destroy(
+# workflow_completion_timeout_sec=...)` does the first two in one call but tears down right after, leaving no moment
+# for the hand-off; these functions split it at that moment (checked against dbos 3.4.0, `DBOS._destroy`).
+
+
+def dbos_instance() -> object | None:
+    """This process's DBOS instance, or None: a new one after `DBOS.destroy()` and a new `DBOS(config=...)`. A fleet
+    lease belongs to the DBOS it was started with (a test process launches many)."""
+    from dbos._dbos import _dbos_global_instance
+
+    return _dbos_global_instance
+
+
+def dbos_configured() -> bool:
+    """Whether `DBOS(config=...)` has already been called in this process (launched or not). DBOS keeps the first
+    config of the process and silently ignores a second one, so the worker refuses a module that configured DBOS."""
+    from dbos._dbos import _dbos_global_instance
+
+    return _dbos_global_instance is not None
+
+
+def stop_dequeuing(join_timeout: float = 15.0) -> None:
+    """Stop DBOS's background pollers (queue threads, startup recovery, schedules, event receivers) without touching
+    the runs already started, and wait until the queue threads have ended, so no run is dequeued after this returns.
+
+    It is the first step of `DBOS._destroy`: set every event of `background_thread_stop_events`. The notification
+    listener, the executor, the background event loop and the workflow-timeout sweep keep running, so started runs
+    go on (receive messages, sleep, finish). DBOS names its queue threads `queue-worker-<queue>`; they exit at their
+    next stop check (a dequeue in progress dispatches what it claimed first).
+    """
+    import threading
+
+    from dbos._dbos import _get_dbos_instance
+
+    dbos = _get_dbos_instance()
+    for event in list(dbos.background_thread_stop_events):
+        event.set()
+    for thread in threading.enumerate():
+        if thread.name.startswith("queue-worker-") and thread is not threading.current_thread():
+            thread.join(timeout=join_timeout)
+
+
+def active_workflow_ids() -> list[str]:
+    """The workflows executing in this process now: DBOS's own count of active workflows (`_active_workflows_set`),
+    the one `DBOS.destroy(workflow_completion_timeout_sec=...)` waits on. No public API lists them."""
+    from dbos._dbos import _dbos_global_instance
+
+    if _dbos_global_instance is None or not _dbos_global_instance._launched:
+        return []
+    ids: list[str] = _dbos_global_instance._active_workflows_set.activeList()
+    return ids

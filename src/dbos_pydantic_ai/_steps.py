@@ -19,6 +19,7 @@ from pydantic_ai.exceptions import (
 from ._serialization import configured_serializer
 from .config import StepConfig
 from .exceptions import NotSerializableError, StepFailedError
+from .fleet import hold_lease
 
 T = TypeVar("T")
 
@@ -84,9 +85,11 @@ def portable_exception(error: Exception) -> Exception:
 
 
 def checkpointable(func: Callable[..., Awaitable[T]]) -> Callable[..., Coroutine[Any, Any, T]]:
-    """`func` with its exceptions made safe to record: see `portable_exception`."""
+    """`func` with its exceptions made safe to record (see `portable_exception`), run only while this worker holds
+    its fleet lease (see `fleet.py`: a worker that may have been declared dead starts no step)."""
 
     async def call(*args: Any) -> T:
+        await hold_lease()
         try:
             return await func(*args)
         except Exception as error:

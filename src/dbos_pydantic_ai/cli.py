@@ -17,6 +17,7 @@ from rich.console import Console
 
 from ._approvals_cli import approvals_app
 from ._runs_cli import runs_app
+from ._worker_cli import worker_command
 
 __all__ = ["app", "main"]
 
@@ -107,6 +108,8 @@ def demo(
 app.add_typer(approvals_app, name="approvals")
 # `runs continue|retry-state`: a run's model retries, and continuing it after an outage (see _runs_cli.py).
 app.add_typer(runs_app, name="runs")
+# `worker MODULE --queue runs:4`: a fleet worker that serves queues and drains on SIGTERM (see _worker_cli.py).
+app.command("worker")(worker_command)
 
 
 @app.command()

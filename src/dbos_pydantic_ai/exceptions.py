@@ -10,6 +10,7 @@ __all__ = [
     "RunAlreadyActiveError",
     "StepFailedError",
     "UserError",
+    "WorkerConfigError",
 ]
 
 
@@ -58,3 +59,8 @@ class StepFailedError(Exception):
 
     def __str__(self) -> str:
         return f"{self.type_name}: {self.message}"
+
+
+class WorkerConfigError(UserError):
+    """A worker cannot start as configured (a bad queue spec, a module that cannot be imported, ...): the message
+    says what is wrong and how to fix it."""

@@ -54,6 +54,8 @@ OPERATIONS = [
     ("GET", "/api/runs/{workflow_id}/events"),
     ("GET", "/api/approvals"),
     ("GET", "/api/compare"),
+    ("GET", "/api/workers"),
+    ("GET", "/api/queues"),
     ("POST", "/api/runs/{workflow_id}/approvals/{call_id}/approve"),
     ("POST", "/api/runs/{workflow_id}/approvals/{call_id}/deny"),
     ("POST", "/api/runs/{workflow_id}/cancel"),

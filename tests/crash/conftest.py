@@ -29,9 +29,14 @@ def crash_run(database_url: str, tmp_path: Path) -> Iterator[Callable[..., Crash
         delay_turns: Collection[int] = (),
         pause_mid_stream_turns: Collection[int] = (),
         outage: Outage | None = None,
+        latency_seconds: float = 0.0,
     ) -> CrashRun:
         server = ScriptedOpenAIServer(
-            script, delay_turns=delay_turns, pause_mid_stream_turns=pause_mid_stream_turns, outage=outage
+            script,
+            delay_turns=delay_turns,
+            pause_mid_stream_turns=pause_mid_stream_turns,
+            outage=outage,
+            latency_seconds=latency_seconds,
         ).start()
         workdir = tmp_path / "work"
         workdir.mkdir()

@@ -14,6 +14,10 @@ until `release()` or `close()`, so a test can kill the client while that request
 every request is answered with each phase's HTTP status (and `Retry-After`) for that phase's seconds, then served
 again; failed answers are counted per turn and timed (`TurnStats.failed_at`).
 
+Many runs at once (fleet tests): `requests()` lists every request as a `Request` (arrival time, the
+conversation's first user prompt, turn, and the `x-executor` header the client sent), so a test can count sends
+per run and per worker; `latency_seconds` makes every answer take that long, like a real model.
+
 Standalone: `python openai_server.py script.json [--delay-turn N ...]` prints the port and serves.
 """
 
@@ -44,6 +48,16 @@ class TurnStats:
 
 
 @dataclass(frozen=True)
+class Request:
+    """One request as it arrived."""
+
+    at: float  # time.time()
+    prompt: str  # the conversation's first user message: which run sent it
+    turn: int
+    executor: str | None  # the `x-executor` header
+
+
+@dataclass(frozen=True)
 class OutagePhase:
     status: int
     seconds: float
@@ -68,8 +82,11 @@ class ScriptedOpenAIServer:
         delay_turns: Collection[int] = (),
         pause_mid_stream_turns: Collection[int] = (),
         outage: Outage | None = None,
+        latency_seconds: float = 0.0,
     ) -> None:
         self.script = script
+        self.latency_seconds = latency_seconds
+        self._requests: list[Request] = []
         self._outage = outage
         self._outage_started: float | None = None
         self._delay_turns = set(delay_turns)
@@ -110,15 +127,21 @@ class ScriptedOpenAIServer:
                 for turn, s in sorted(self._turns.items())
             }
 
+    def requests(self) -> list[Request]:
+        """Every request so far, in arrival order."""
+        with self._lock:
+            return list(self._requests)
+
     def received(self, turn: int) -> int:
         with self._lock:
             return self._turns[turn].received if turn in self._turns else 0
 
     # --- Request handling (on the server's threads) ----------------------------------------
 
-    def _receive(self, turn: int, stream: bool) -> bool:
+    def _receive(self, turn: int, stream: bool, prompt: str = "", executor: str | None = None) -> bool:
         """Count a request; whether it must be held (the first of a delayed turn)."""
         with self._lock:
+            self._requests.append(Request(time.time(), prompt, turn, executor))
             stats = self._turns.setdefault(turn, TurnStats())
             stats.received += 1
             stats.streamed.append(stream)
@@ -170,6 +193,14 @@ class ScriptedOpenAIServer:
             for index, call in enumerate(entry["tool_calls"])
         ]
         return None, calls
+
+
+def _first_prompt(messages: list[dict[str, Any]]) -> str:
+    for message in messages:
+        if message.get("role") == "user":
+            content = message.get("content")
+            return content if isinstance(content, str) else json.dumps(content)
+    return ""
 
 
 def _last_tool_result(messages: list[dict[str, Any]]) -> str:
@@ -229,8 +260,10 @@ def _make_handler(server: ScriptedOpenAIServer) -> type[BaseHTTPRequestHandler]:
             messages: list[dict[str, Any]] = body.get("messages", [])
             turn = sum(1 for message in messages if message.get("role") == "assistant")
             stream = bool(body.get("stream"))
-            if server._receive(turn, stream):
+            if server._receive(turn, stream, _first_prompt(messages), self.headers.get("x-executor")):
                 server._hold()
+            if server.latency_seconds:
+                time.sleep(server.latency_seconds)
             phase = server._outage_phase(turn)
             if phase is not None:
                 self._send_error(phase)

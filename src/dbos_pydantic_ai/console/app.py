@@ -44,9 +44,11 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from .._compat import client_status_table
 from .._serialization import serializer_for
 from ..approvals import ApprovalRejected
 from .data import STATUSES, ConsoleData, InvalidCursor, RunNotFound, approval_json
+from .fleet_data import FleetData
 
 __all__ = ["DEFAULT_MAX_LIVE_READERS", "LIVE_READER_POOL_SIZE", "TOKEN_COOKIE", "create_app", "token_cookie_value"]
 
@@ -348,6 +350,7 @@ def create_app(
     if isinstance(max_live_readers, bool) or not isinstance(max_live_readers, int) or max_live_readers < 1:
         raise ValueError(f"max_live_readers must be an int >= 1, not {max_live_readers!r}.")
     data = ConsoleData(database_url, trust_pickle=trust_pickle)
+    fleet = FleetData(*client_status_table(data.client))
     live = _LiveReaders(database_url, max_live_readers)
 
     @asynccontextmanager
@@ -370,6 +373,7 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.data = data
+    app.state.fleet = fleet
     app.state.live_readers = live
 
     @app.exception_handler(RequestValidationError)
@@ -381,6 +385,18 @@ def create_app(
             return await run_in_threadpool(func, *args, **kwargs)
         except RunNotFound as error:
             raise HTTPException(404, f"No durable agent run {error.args[0]!r}.") from None
+
+    def with_takeovers(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The runs, each with `takeovers`: the fleet's takeovers of it (from which worker, by which, when)."""
+        found = fleet.takeovers(run["workflow_id"] for run in runs)
+        for run in runs:
+            run["takeovers"] = found.get(run["workflow_id"], [])
+        return runs
+
+    async def detail(workflow_id: str) -> dict[str, Any]:
+        run: dict[str, Any] = await blocking(data.run, workflow_id)
+        await run_in_threadpool(with_takeovers, [run])
+        return run
 
     @app.get("/api/agents")
     async def agents() -> dict[str, list[str]]:
@@ -402,12 +418,12 @@ def create_app(
             )
         except InvalidCursor:
             raise HTTPException(422, "Invalid cursor: pass a next_cursor this console returned.") from None
-        return {"runs": page, "next_cursor": next_cursor}
+        return {"runs": await run_in_threadpool(with_takeovers, page), "next_cursor": next_cursor}
 
     @app.get("/api/runs/{workflow_id}")
     async def run(workflow_id: WorkflowId) -> dict[str, Any]:
-        """A run: its summary, conversation, steps, model requests, children, pending approvals and output."""
-        return await blocking(data.run, workflow_id)
+        """A run: its summary, conversation, steps, model requests, children, pending approvals, output, takeovers."""
+        return await detail(workflow_id)
 
     @app.get("/api/compare")
     async def compare(
@@ -415,7 +431,19 @@ def create_app(
         right: Annotated[str, Query(min_length=1, max_length=_MAX_ID)],
     ) -> dict[str, Any]:
         """Two runs side by side (a fork and its original, say)."""
-        return {"left": await blocking(data.run, left), "right": await blocking(data.run, right)}
+        return {"left": await detail(left), "right": await detail(right)}
+
+    @app.get("/api/workers")
+    async def workers() -> dict[str, Any]:
+        """The fleet's workers: state (alive, silent, stopped, dead), heartbeat age by the database's clock, runs
+        in flight, takeovers. Empty, with `fleet` false, while no worker has joined a fleet on this database."""
+        result: dict[str, Any] = await run_in_threadpool(fleet.workers)
+        return result
+
+    @app.get("/api/queues")
+    async def queues() -> dict[str, Any]:
+        """Each queue's depth: its ENQUEUED and PENDING runs, and the live workers that listen to it."""
+        return {"queues": await run_in_threadpool(fleet.queues)}
 
     @app.get("/api/approvals")
     async def approvals(agent: Annotated[str | None, Query(max_length=_MAX_ID)] = None) -> dict[str, Any]:

@@ -132,6 +132,17 @@
     return `a model request failed: ${times}, the last at ${fmtTime(retry.failed_at)}`;
   }
 
+  /** "taken over from worker w-1 by w-2 at 2025-01-01 10:00:00": one takeover of a run (fleet failover). */
+  function takeoverText(t) {
+    return `taken over from worker ${t.from_executor_id} by ${t.by_executor_id} at ${fmtTime(t.taken_at)}`;
+  }
+
+  /** "4.2 s ago": a heartbeat's age, measured by the database's clock. */
+  function fmtAge(seconds) {
+    if (seconds === null || seconds === undefined) return "—";
+    return fmtDuration(Math.max(0, Number(seconds)) * 1000) + " ago";
+  }
+
   // --- API -----------------------------------------------------------------------------------------------
 
   class ApiError extends Error {
@@ -228,6 +239,7 @@
     clear(app);
     if (view === "run" && parts[1]) renderRun(parts[1]);
     else if (view === "approvals") renderApprovals();
+    else if (view === "workers") renderWorkers();
     else if (view === "compare" && parts[1] && parts[2]) renderCompare(parts[1], parts[2]);
     else renderRuns(params);
   }
@@ -344,6 +356,9 @@
               run.forked_from ? h("span", { class: "tag", title: "forked from " + run.forked_from }, "fork") : null,
               run.parent_workflow_id ? h("span", { class: "tag", title: "child of " + run.parent_workflow_id }, "child") : null,
               run.recovery ? h("span", { class: "tag recovered", title: recoveryText(run) }, "recovered") : null,
+              run.takeovers && run.takeovers.length
+                ? h("span", { class: "tag taken-over", title: run.takeovers.map(takeoverText).join("\n") }, "taken over")
+                : null,
             ),
             h(
               "td",
@@ -647,6 +662,125 @@
     });
   }
 
+  // --- Workers and queues ---------------------------------------------------------------------------------
+
+  const WORKER_STATES = {
+    alive: "heartbeating",
+    silent: "alive in the table, but silent for longer than its dead-after: presumed dead, not taken over yet",
+    stopped: "stopped on purpose; its unfinished runs were handed back to their queues",
+    dead: "declared dead by another worker, which took over its runs",
+  };
+
+  function stateBadge(state) {
+    const s = String(state || "unknown");
+    return h("span", { class: "badge worker-" + s.replace(/[^a-z]/g, ""), title: WORKER_STATES[s] || null }, s);
+  }
+
+  function renderWorkers() {
+    const gen = generation;
+    const workersMessage = h("div");
+    const queuesMessage = h("div");
+    const workersBody = h("tbody");
+    const queuesBody = h("tbody");
+    const note = h("p", { class: "muted small", id: "workers-note" });
+    const autoRefresh = h("input", { type: "checkbox", id: "workers-auto-refresh", checked: true });
+    const num = (c) => h("th", { class: "num" }, c);
+    append(app, [
+      h("section", { class: "toolbar" }, h("h1", {}, "Workers"), h("label", { class: "inline" }, autoRefresh, " auto-refresh")),
+      h(
+        "section",
+        { class: "panel" },
+        h("h2", {}, "Workers"),
+        workersMessage,
+        note,
+        h(
+          "table",
+          { class: "runs", id: "workers-table" },
+          h(
+            "thead",
+            {},
+            h(
+              "tr",
+              {},
+              ["Executor id", "Version", "Host / pid", "State", "Last heartbeat"].map((c) => h("th", {}, c)),
+              num("Runs in flight"),
+              num("Taken over from it"),
+              num("Taken over by it"),
+              h("th", {}, "Taken over"),
+              h("th", {}, "Queues"),
+            ),
+          ),
+          workersBody,
+        ),
+      ),
+      h(
+        "section",
+        { class: "panel" },
+        h("h2", {}, "Queues"),
+        queuesMessage,
+        h(
+          "table",
+          { class: "runs", id: "queues-table" },
+          h("thead", {}, h("tr", {}, h("th", {}, "Queue"), num("Enqueued"), num("Pending"), h("th", {}, "Live workers listening"))),
+          queuesBody,
+        ),
+      ),
+    ]);
+
+    async function loadWorkers() {
+      const data = await loadForView(gen, workersMessage, "/api/workers");
+      if (data === null) return;
+      note.textContent = data.fleet
+        ? `Heartbeat ages by the database's clock (${fmtTime(data.now)}).`
+        : "No worker has joined a fleet on this database yet (dbos-pydantic-ai worker creates the fleet's tables).";
+      clear(workersBody);
+      if (data.workers.length === 0) workersBody.appendChild(h("tr", {}, h("td", { colspan: 10, class: "empty" }, "No workers.")));
+      for (const w of data.workers) {
+        workersBody.appendChild(
+          h(
+            "tr",
+            { class: "worker-row", "data-executor-id": w.executor_id, "data-state": w.state },
+            h("td", { class: "mono nowrap" }, w.executor_id),
+            h("td", { class: "mono nowrap" }, w.app_version),
+            h("td", { class: "mono" }, `${w.hostname} / ${w.pid}`),
+            h("td", { class: "state" }, stateBadge(w.state)),
+            h("td", { class: "heartbeat nowrap", title: `${fmtTime(w.heartbeat_at)}; dead after ${w.dead_after_seconds} s of silence` }, fmtAge(w.heartbeat_age_seconds)),
+            h("td", { class: "num in-flight" }, fmtInt(w.runs_in_flight)),
+            h("td", { class: "num taken-from" }, fmtInt(w.runs_taken_over_from_it)),
+            h("td", { class: "num taken-by" }, fmtInt(w.runs_taken_over_by_it)),
+            h("td", { class: "taken-over" }, w.taken_over_by ? `by ${w.taken_over_by} at ${fmtTime(w.taken_over_at)}` : "—"),
+            h("td", { class: "mono small" }, w.queues.join(", ") || "—"),
+          ),
+        );
+      }
+    }
+
+    async function loadQueues() {
+      const data = await loadForView(gen, queuesMessage, "/api/queues");
+      if (data === null) return;
+      clear(queuesBody);
+      if (data.queues.length === 0) queuesBody.appendChild(h("tr", {}, h("td", { colspan: 4, class: "empty" }, "No queued or running runs on a queue.")));
+      for (const q of data.queues) {
+        queuesBody.appendChild(
+          h(
+            "tr",
+            { class: "queue-row", "data-queue": q.queue_name },
+            h("td", { class: "mono" }, q.queue_name, q.internal ? h("span", { class: "tag", title: "DBOS's own queue: recovered, resumed and taken-over runs pass through it" }, "internal") : null),
+            h("td", { class: "num enqueued" }, fmtInt(q.enqueued)),
+            h("td", { class: "num pending" }, fmtInt(q.pending)),
+            h("td", { class: "mono small listeners" }, q.internal ? "every worker" : q.workers.join(", ") || "none"),
+          ),
+        );
+      }
+    }
+
+    const load = () => Promise.all([loadWorkers(), loadQueues()]);
+    load();
+    every(REFRESH_MS, () => {
+      if (autoRefresh.checked && document.visibilityState === "visible") load();
+    });
+  }
+
   // --- Live output ---------------------------------------------------------------------------------------
 
   /**
@@ -783,6 +917,9 @@
     ];
     if (run.executor_id) rows.push(["Worker", h("span", { class: "mono", id: "run-worker" }, run.executor_id + (run.app_version ? ` (version ${run.app_version})` : ""))]);
     if (run.recovery) rows.push(["Recovered", h("span", { id: "run-recovery" }, recoveryText(run))]);
+    if (run.takeovers && run.takeovers.length) {
+      rows.push(["Taken over", h("ul", { class: "takeovers", id: "run-takeovers" }, run.takeovers.map((t) => h("li", {}, takeoverText(t))))]);
+    }
     if (run.parent_workflow_id) rows.push(["Parent run", runLink(run.parent_workflow_id)]);
     if (run.forked_from) {
       rows.push([
