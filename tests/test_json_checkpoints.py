@@ -35,7 +35,6 @@ from pydantic_ai.messages import (
 from pydantic_ai.models.function import AgentInfo, FunctionModel
 from pydantic_ai.tools import DeferredToolRequests, DeferredToolResults, RunContext, ToolApproved
 
-from conftest import FAST_POLLING
 from dbos_pydantic_ai import (
     DBOSAgent,
     JSONSerializer,
@@ -47,6 +46,8 @@ from dbos_pydantic_ai import (
 )
 from dbos_pydantic_ai._safe_read import safe_list_workflow_steps, safe_list_workflows
 from dbos_pydantic_ai.names import JSON_SERIALIZATION
+
+FAST_POLLING = {"notification_listener_polling_interval_sec": 0.02}  # as tests/conftest.py's (not importable by name)
 
 
 @dataclass

@@ -3,7 +3,8 @@
 Checked against dbos 3.4.0 and pydantic-ai-slim 2.68.0 (`pyproject.toml` pins `dbos<4` and `pydantic-ai-slim<3`).
 Each function says what it needs and why no public API does it; when one of these projects changes, this module is
 the one to read. Imports happen inside the functions, so nothing here is loaded before it is needed, except
-pydantic-ai's `UNSET` marker, which a signature needs at import time.
+pydantic-ai's `UNSET` marker, which a signature needs at import time, and DBOS's `Serializer` base class, which
+`JSONSerializer` subclasses at import time.
 """
 
 from __future__ import annotations
@@ -14,8 +15,10 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
     import sqlalchemy as sa
-    from dbos._serialization import Serializer
 
+# `DBOSConfig["serializer"]` and `DBOSClient(serializer=)` take an instance of this interface (`serialize(data) ->
+# str`, `deserialize(str)`, `name()`), and DBOS 3.4 exports no public alias for it: `JSONSerializer` subclasses it.
+from dbos._serialization import Serializer
 from pydantic_ai._utils import UNSET, Unset  # `override(model=UNSET)`: WrapperAgent.override's own default and type
 
 T = TypeVar("T")
@@ -23,6 +26,8 @@ T = TypeVar("T")
 __all__ = [
     "UNSET",
     "LaunchedSystemDatabase",
+    "Serializer",
+    "StreamWakeup",
     "Unset",
     "active_workflow_ids",
     "check_no_nested_sync_run",
@@ -33,9 +38,12 @@ __all__ = [
     "dbos_launched",
     "launched_system_database",
     "mcp_explicit_id",
+    "pickle_serializer",
+    "read_stream_rows",
     "recovery_attempts",
     "reenqueue_pending_runs",
     "stop_dequeuing",
+    "stream_wakeup",
     "system_tables",
     "with_dbos_db_retry",
 ]
@@ -94,13 +102,53 @@ def system_tables(client: Any | None) -> tuple[sa.Engine, Any]:
     Readers that must not unpickle (console, `approvals`, `tail`, `read_events`) read the stored text and its
     `serialization` column themselves: DBOS's own readers unpickle every row marked `py_pickle`, whatever serializer
     they are given."""
+    sys_db = _system_database(client)
+    return sys_db.engine, sys_db.tables
+
+
+def pickle_serializer() -> Serializer:
+    """DBOS's own serializer (pickle), for applications that choose it. DBOS exports it under no public name."""
+    from dbos._serialization import DefaultSerializer
+
+    return DefaultSerializer()
+
+
+def _system_database(client: Any | None) -> Any:
     if client is None:
         from dbos._dbos import _get_dbos_instance
 
-        sys_db = _get_dbos_instance()._sys_db
-    else:
-        sys_db = client._sys_db
-    return sys_db.engine, sys_db.tables
+        return _get_dbos_instance()._sys_db
+    return client._sys_db
+
+
+@dataclass(frozen=True)
+class StreamWakeup:
+    """A stream reader's wake-up: `event` is set when the stream may have new values (`clear()`, then
+    `await wait_async(timeout)`); call `close()` once, when the reader stops."""
+
+    event: Any
+    close: Callable[[], None]
+
+
+def stream_wakeup(client: Any | None, workflow_id: str, key: str) -> StreamWakeup:
+    """Register with DBOS's notification listener for writes to a workflow's stream, as DBOS's own `read_stream`
+    does: on PostgreSQL the listener (of the launched DBOS, or of a `DBOSClient(use_listen_notify=True)`) sets the
+    event on LISTEN/NOTIFY, so a reader sees a new value in milliseconds instead of at its next poll. The safe reader
+    (`_safe_read.safe_read_stream`) needs it because it reads the rows itself: DBOS's `read_stream` unpickles rows
+    marked `py_pickle`, and the wake-up is not public API. Register before reading, so no write is missed."""
+    sys_db = _system_database(client)
+    event, payload = sys_db.register_stream_listener(workflow_id, key)
+    return StreamWakeup(event, lambda: sys_db.unregister_stream_listener(payload, event))
+
+
+def read_stream_rows(
+    client: Any | None, workflow_id: str, key: str, offset: int, limit: int
+) -> tuple[str | None, list[tuple[str | None, str | None]]]:
+    """The workflow's status and up to `limit` consecutive stored stream values from `offset`, as (text,
+    serialization) pairs, not deserialized: DBOS's `read_stream_values` (one statement, under its polling limiter
+    and connection retries), which DBOS's own readers use before they unpickle `py_pickle` rows."""
+    status, values = _system_database(client).read_stream_values(workflow_id, key, offset, limit)
+    return status, list(values)
 
 
 def recovery_attempts(status: Any) -> int | None:

@@ -18,7 +18,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from ._compat import system_tables
+from ._compat import read_stream_rows, stream_wakeup, system_tables
 from .names import JSON_SERIALIZATION
 from .serializer import StoredAsPickle, StoredValue, default_json_serializer
 
@@ -118,30 +118,6 @@ def safe_get_event(client: Any, workflow_id: str, key: str, *, trust_pickle: boo
     return None if row is None else decode_stored(row[0], row[1], trust_pickle=trust_pickle)
 
 
-def _stream_rows(client: Any, workflow_id: str, key: str, offset: int) -> tuple[str | None, list[Any]]:
-    """The workflow's status and the stream's consecutive rows from `offset` (value, serialization), in one read."""
-    engine, tables = system_tables(client)
-    ws, streams = tables.workflow_status, tables.streams
-    with engine.connect() as connection:
-        status = connection.execute(sa.select(ws.c.status).where(ws.c.workflow_uuid == workflow_id)).scalar()
-        rows = connection.execute(
-            sa.select(streams.c.offset, streams.c.value, streams.c.serialization)
-            .where(
-                streams.c.workflow_uuid == workflow_id,
-                streams.c.key == key,
-                streams.c.offset >= offset,
-                streams.c.offset < offset + _STREAM_BATCH,
-            )
-            .order_by(streams.c.offset)
-        ).all()
-    values: list[tuple[str | None, str | None]] = []
-    for row in rows:
-        if row[0] != offset + len(values):
-            break
-        values.append((row[1], row[2]))
-    return status, values
-
-
 def _is_close_marker(text: str | None, serialization: str | None) -> bool:
     """DBOS closes a stream with a portable-JSON sentinel value."""
     if serialization != _PORTABLE or text is None:
@@ -157,25 +133,36 @@ async def safe_read_stream(
     client: Any, workflow_id: str, key: str, *, polling_interval_sec: float, trust_pickle: bool = False
 ) -> AsyncIterator[Any]:
     """A workflow's stream values in order, decoded safely; ends when the stream is closed or the workflow ended
-    and every value written is read. `client` None reads through the launched DBOS's engine."""
+    and every value written is read. `client` None reads through the launched DBOS.
+
+    Woken as DBOS's own `read_stream` is: on PostgreSQL, DBOS's notification listener (the launched DBOS's, or the
+    client's when it was made with `use_listen_notify=True`) signals each write, so a new value is read within
+    milliseconds; `polling_interval_sec` only bounds the wait (SQLite, a client without a listener, a lost
+    notification, the workflow's end, which notifies nothing). Only the decoding differs: rows are decoded here.
+    """
     from dbos import error as dbos_error
 
-    offset = 0
-    final_read = False
-    while True:
-        status, values = await asyncio.to_thread(_stream_rows, client, workflow_id, key, offset)
-        if status is None:
-            raise dbos_error.DBOSNonExistentWorkflowError("target", workflow_id)
-        if values:
-            for text, serialization in values:
-                if _is_close_marker(text, serialization):
-                    return
-                yield decode_stored(text, serialization, trust_pickle=trust_pickle)
-                offset += 1
-            continue
-        if final_read:
-            return
-        if status not in _ACTIVE:
-            final_read = True  # drain what was written before the workflow ended
-            continue
-        await asyncio.sleep(polling_interval_sec)
+    wakeup = stream_wakeup(client, workflow_id, key)  # before the first read, so no write is missed
+    try:
+        offset = 0
+        final_read = False
+        while True:
+            wakeup.event.clear()  # before reading: a write after the read leaves it set and the wait returns at once
+            status, values = await asyncio.to_thread(read_stream_rows, client, workflow_id, key, offset, _STREAM_BATCH)
+            if status is None:
+                raise dbos_error.DBOSNonExistentWorkflowError("target", workflow_id)
+            if values:
+                for text, serialization in values:
+                    if _is_close_marker(text, serialization):
+                        return
+                    yield decode_stored(text, serialization, trust_pickle=trust_pickle)
+                    offset += 1
+                continue
+            if final_read:
+                return
+            if status not in _ACTIVE:
+                final_read = True  # drain what was written before the workflow ended
+                continue
+            await wakeup.event.wait_async(timeout=polling_interval_sec)
+    finally:
+        wakeup.close()

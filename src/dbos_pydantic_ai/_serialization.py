@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from .exceptions import NotSerializableError, UserError
 
 if TYPE_CHECKING:
-    from dbos._serialization import Serializer
+    from ._compat import Serializer
 
 SERIALIZER_ENV = "DBOS_PYDANTIC_AI_SERIALIZER"
 """Environment variable that picks the serializer when no `serializer=` is given: `json` (default) or `pickle`."""
@@ -27,7 +27,7 @@ def serializer_for(choice: Any = None) -> Serializer:
     None means the `DBOS_PYDANTIC_AI_SERIALIZER` environment variable, else "json". Processes that do not launch
     DBOS (`start_run`, `approvals`) write with it, so they must make the same choice as the workers.
     """
-    from dbos._serialization import DefaultSerializer, Serializer
+    from ._compat import Serializer, pickle_serializer
 
     if choice is None:
         choice = os.environ.get(SERIALIZER_ENV) or "json"
@@ -38,7 +38,7 @@ def serializer_for(choice: Any = None) -> Serializer:
 
         return default_json_serializer()
     if choice == "pickle":
-        return DefaultSerializer()
+        return pickle_serializer()
     raise UserError(
         f"Unknown serializer {choice!r}: use 'json' (typed JSON, the default), 'pickle' (DBOS's default, which runs "
         "code named by the rows it reads: only for a database whose writers you trust), or a DBOS `Serializer`."

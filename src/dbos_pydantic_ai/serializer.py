@@ -38,8 +38,8 @@ from typing import Any, Literal
 
 import pydantic
 import pydantic_core
-from dbos._serialization import Serializer  # the interface DBOSConfig["serializer"] takes (no public alias)
 
+from ._compat import Serializer  # the interface DBOSConfig["serializer"] takes (no public alias)
 from .exceptions import NotSerializableError, StepFailedError, UserError
 from .names import JSON_SERIALIZATION
 

@@ -306,6 +306,12 @@ def _default_database_url(database_url: str | None) -> str | None:
     return url
 
 
+def pushes_notifications(url: str) -> bool:
+    """Whether a reader's `DBOSClient` on `url` should run DBOS's notification listener: on PostgreSQL it wakes
+    live readers on each write (LISTEN/NOTIFY) instead of at their next poll; SQLite has no push."""
+    return not url.startswith("sqlite")
+
+
 async def _open_client(url: str) -> DBOSClient:
     """A `DBOSClient` on `url`, connected in a thread; never left open by a caller cancelled meanwhile.
 
@@ -324,7 +330,9 @@ async def _open_client(url: str) -> DBOSClient:
 
     def connect() -> DBOSClient:
         try:
-            client = DBOSClient(system_database_url=url, serializer=serializer_for())
+            client = DBOSClient(
+                system_database_url=url, serializer=serializer_for(), use_listen_notify=pushes_notifications(url)
+            )
         except Exception as error:
             raise DatabaseUnreachableError(system_database_error(url, error)) from error
         with lock:

@@ -271,11 +271,14 @@ class _LiveReaders:
         self.client: DBOSClient | None = None
 
     async def open(self) -> None:
+        from ..streams import pushes_notifications
+
         self.client = await asyncio.to_thread(
             DBOSClient,
             system_database_url=self.database_url,
             system_database_pool_size=LIVE_READER_POOL_SIZE,
             serializer=serializer_for(),
+            use_listen_notify=pushes_notifications(self.database_url),  # live tails woken by PostgreSQL's push
         )
 
     async def close(self) -> None:
