@@ -330,3 +330,24 @@ class DBOS_workflow_id:
 
 
 register_types(Refund)  # an output type of a per-run choice would need it; `make_agent` declares it anyway
+
+
+def test_messages_are_stored_without_their_default_nones_and_user_data_is_kept_as_is() -> None:
+    """Stored messages leave out the None fields and zero usage counters reading restores; a tool's return that looks
+    like a message (its own `kind` and None values) is user data and keeps every key."""
+    from pydantic_ai.messages import ModelRequest, RequestUsage, ToolReturnPart
+
+    looks_like_a_message = {"kind": "response", "model_name": None, "parts": [{"part_kind": "text", "id": None}]}
+    messages: list[ModelMessage] = [
+        ModelRequest(parts=[ToolReturnPart("lookup", looks_like_a_message, tool_call_id="c1")]),
+        ModelResponse(parts=[TextPart("done")], usage=RequestUsage(input_tokens=3), model_name="m"),
+    ]
+    serializer = JSONSerializer()
+    text = serializer.serialize(messages)
+    assert serializer.deserialize(text) == messages
+    stored = json.loads(text)
+    response = stored[1]["value"]  # a list is stored as a JSON list
+    assert "provider_name" not in response and "finish_reason" not in response  # None by default: left out
+    assert response["usage"] == {"input_tokens": 3}  # counters at 0 left out
+    returned = stored[0]["value"]["parts"][0]["content"]
+    assert returned == looks_like_a_message

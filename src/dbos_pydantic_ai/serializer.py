@@ -286,6 +286,96 @@ def is_registered(cls: type) -> bool:
     return cls in _by_class
 
 
+_DISCRIMINATORS = ("kind", "part_kind", "event_kind", "part_delta_kind")
+_NESTED = ("messages", "parts", "part", "delta", "result")
+"""The keys under which pydantic-ai's JSON nests more of its messages, parts and events (never user data)."""
+_slim_tables: tuple[dict[tuple[str, str], frozenset[str]], dict[str, Any]] | None = None
+
+
+_NO_DEFAULT: Any = object()
+
+
+def _plain_default(field: dataclasses.Field[Any]) -> Any:
+    """A usage field's default as JSON writes it (0, 0.0, None, {}), or `_NO_DEFAULT`."""
+    if field.default is None or (isinstance(field.default, int | float) and not isinstance(field.default, bool)):
+        return field.default
+    if field.default_factory is dict or typing.get_origin(field.default_factory) is dict:
+        return {}
+    return _NO_DEFAULT
+
+
+def _same_kind(value: Any, default: Any) -> bool:
+    """Whether `value` equal to `default` reads back as it: a number as a number (0.0 for 0 too), never a bool."""
+    if isinstance(value, bool) or isinstance(default, bool):
+        return False
+    if isinstance(value, int | float) and isinstance(default, int | float):
+        return True
+    return type(value) is type(default)
+
+
+def _slim_table() -> tuple[dict[tuple[str, str], frozenset[str]], dict[str, Any]]:
+    """For each pydantic-ai message, part and event class, keyed by its discriminator (`("part_kind", "text")`), the
+    fields whose default is None; and the usage fields with a plain default (0, None, {}) every usage class shares."""
+    global _slim_tables
+    if _slim_tables is None:
+        import pydantic_ai.messages
+        import pydantic_ai.usage
+
+        nones: dict[tuple[str, str], frozenset[str]] = {}
+        for cls in vars(pydantic_ai.messages).values():
+            if not isinstance(cls, type) or not dataclasses.is_dataclass(cls):
+                continue
+            fields = dataclasses.fields(cls)
+            for field in fields:
+                if field.name in _DISCRIMINATORS and isinstance(field.default, str):
+                    names = frozenset(f.name for f in fields if f.default is None and f.name not in _DISCRIMINATORS)
+                    nones[(field.name, field.default)] = names
+        usage_defaults: dict[str, Any] = {}
+        usage_classes = [pydantic_ai.usage.RequestUsage, pydantic_ai.usage.RunUsage]
+        for cls in usage_classes:
+            for field in dataclasses.fields(cls):
+                usage_defaults.setdefault(field.name, _plain_default(field))
+        for cls in usage_classes:  # keep only the fields every usage class that has them defaults alike
+            for field in dataclasses.fields(cls):
+                if field.name in usage_defaults and _plain_default(field) != usage_defaults[field.name]:
+                    del usage_defaults[field.name]
+        usage_defaults = {name: value for name, value in usage_defaults.items() if value is not _NO_DEFAULT}
+        _slim_tables = (nones, usage_defaults)
+    return _slim_tables
+
+
+def _slim(data: Any) -> Any:
+    """pydantic-ai's JSON for messages, parts, events or a run result, without what reading restores by itself:
+    the None fields whose default is None, and usage fields at their default (0, None, {}). pydantic-ai writes every
+    field (most are None, 0 or empty), which made a stored message twice the size of its pickle. Only pydantic-ai's
+    own structure is walked (`_NESTED`): user data (tool arguments and returns, outputs, metadata) is kept as it is."""
+    if isinstance(data, list):
+        for item in data:
+            _slim(item)
+        return data
+    if not isinstance(data, dict):
+        return data
+    nones, usage_defaults = _slim_table()
+    for key in _DISCRIMINATORS:
+        tag = data.get(key)
+        if isinstance(tag, str):
+            for name in nones.get((key, tag), ()):
+                if name in data and data[name] is None:
+                    del data[name]
+            break
+    usage = data.get("usage")
+    if isinstance(usage, dict):
+        for name, default in usage_defaults.items():
+            value = usage.get(name, _NO_DEFAULT)
+            if value == default and _same_kind(value, default):
+                del usage[name]
+    for key in _NESTED:
+        item = data.get(key)
+        if isinstance(item, list | dict):
+            _slim(item)
+    return data
+
+
 def _adapter(entry: _Entry) -> pydantic.TypeAdapter[Any]:
     if entry.adapter is None:
         try:
@@ -396,9 +486,12 @@ class _Encoder:
         kind = entry.kind
         try:
             if kind == "pydantic_ai":
-                return {TYPE_KEY: entry.tag, "value": _adapter(entry).dump_python(value, mode="json")}
+                return {
+                    TYPE_KEY: entry.tag,
+                    "value": _slim(_adapter(entry).dump_python(value, mode="json")),
+                }
             if kind == "run_result":
-                data = _adapter(entry).dump_python(value, mode="json", exclude={"output"})
+                data = _slim(_adapter(entry).dump_python(value, mode="json", exclude={"output"}))
                 data["output"] = self.encode(value.output)
                 return {TYPE_KEY: entry.tag, "value": data}
             if kind == "schema":
