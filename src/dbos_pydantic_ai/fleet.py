@@ -64,14 +64,17 @@ def _engine_for(database_url: str) -> sa.Engine:
     # Its own small pool: a heartbeat must not queue behind a busy worker's step transactions.
     if url.drivername.startswith("sqlite"):
         return sa.create_engine(url, connect_args={"timeout": 30})
-    return sa.create_engine(url, pool_size=2, max_overflow=0, pool_pre_ping=True, pool_timeout=10)
+    return sa.create_engine(
+        url, pool_size=2, max_overflow=0, pool_pre_ping=True, pool_timeout=10, connect_args={"connect_timeout": 5}
+    )
 
 
 class FleetMember:
     """This process's membership in a fleet of workers sharing one system database.
 
-    Call `claim()` before `DBOS.launch()` (the id must be this process's before DBOS recovers its runs), `start()`
-    after it, and `stop()` on the way out, after draining. `dbos-pydantic-ai worker` does all three.
+    Call `claim()` before `DBOS.launch()` (the id must be this process's before DBOS recovers its runs; heartbeats
+    start there), `start()` after it, and `stop()` on the way out, after draining. `dbos-pydantic-ai worker` does
+    all three.
 
     Args:
         database_url: The system database, as given to DBOS.
@@ -130,6 +133,7 @@ class FleetMember:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._dbos: object | None = None  # the DBOS instance it was started with
+        self._started = False  # start() ran: this worker takes over silent peers
         self._stopped = False
         self._fenced = False
         self._connected_since: float | None = None  # first heartbeat of the current unbroken streak
@@ -145,12 +149,14 @@ class FleetMember:
 
         If another process holds it and heartbeats (two workers configured with one id, or a restart faster than
         the previous holder's `dead_after`), wait until it has been silent for its `dead_after`: two live
-        processes with one executor id would run the same steps twice.
+        processes with one executor id would run the same steps twice. Heartbeats start here.
         """
         self._create_tables()
         workers = self._tables.workers
         announced = False
         while True:
+            sent = time.monotonic()  # before the database reads its clock: the lease must not outlast the row
+            claimed = False
             with self._engine.begin() as connection:
                 now = connection.execute(sa.select(db_now(self._engine))).scalar_one()
                 row = connection.execute(sa.select(workers).where(workers.c.executor_id == self.executor_id)).first()
@@ -168,25 +174,27 @@ class FleetMember:
                     "taken_over_by": None,
                     "taken_over_at": None,
                 }
-                sent = time.monotonic()
                 if row is None:
                     try:
                         connection.execute(sa.insert(workers).values(executor_id=self.executor_id, **values))
                     except sa.exc.IntegrityError:
                         continue  # another process inserted it first: look again
-                    self._renewed(sent)
-                    return
-                held = row.state == ALIVE and now - row.heartbeat_at <= row.dead_after
-                if not held:
-                    taken = connection.execute(
-                        sa.update(workers)
-                        .where(workers.c.executor_id == self.executor_id, workers.c.incarnation == row.incarnation)
-                        .values(**values)
-                    ).rowcount
-                    if taken == 1:
-                        self._renewed(sent)
-                        return
-                    continue
+                    claimed = True
+                elif not (row.state == ALIVE and now - row.heartbeat_at <= row.dead_after):
+                    claimed = (
+                        connection.execute(
+                            sa.update(workers)
+                            .where(workers.c.executor_id == self.executor_id, workers.c.incarnation == row.incarnation)
+                            .values(**values)
+                        ).rowcount
+                        == 1
+                    )
+                    if not claimed:
+                        continue  # someone else changed the row meanwhile: look again
+            if claimed:  # committed: the heartbeat thread's first update sees the row
+                self._claimed(sent)
+                return
+            assert row is not None  # held by a live process
             if not announced:
                 logger.warning(
                     "Executor id %r is held by a live process (%s, pid %s, last heartbeat %.1f s ago): waiting until "
@@ -212,17 +220,25 @@ class FleetMember:
             DBOS.migrate(self.database_url)
         create_fleet_tables(self._engine, self._tables)
 
+    def _claimed(self, sent: float) -> None:
+        # Heartbeats start now, not at `start()`: launching DBOS can take longer than `dead_after` (migrations, a
+        # busy machine), and peers must not declare a worker dead while it launches. Takeovers wait for `start()`.
+        self._renewed(sent)
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._heartbeat_loop, name="dbos-pai-heartbeat", daemon=True)
+            self._thread.start()
+
     def start(self) -> None:
-        """Start heartbeating and watching peers, after `DBOS.launch()`. Steps of this process then hold the lease."""
+        """After `DBOS.launch()`: steps of this process hold the lease from now on, and this worker takes over the
+        runs of silent peers."""
         global _current
         if not dbos_launched():
             raise RuntimeError("FleetMember.start() needs DBOS launched: call claim(), DBOS.launch(), then start().")
-        if self._thread is not None:
-            return
+        if self._thread is None:
+            raise RuntimeError("FleetMember.start() needs the executor id: call claim() before DBOS.launch().")
         self._dbos = dbos_instance()
         _current = self
-        self._thread = threading.Thread(target=self._heartbeat_loop, name="dbos-pai-heartbeat", daemon=True)
-        self._thread.start()
+        self._started = True
 
     def stop(self, *, hand_off: bool = True) -> list[str]:
         """Stop heartbeating, mark this worker stopped and, with `hand_off`, give its unfinished runs back to their
@@ -255,9 +271,7 @@ class FleetMember:
 
     def healthy(self) -> bool:
         """Whether this worker heartbeats and holds its lease (for liveness probes)."""
-        return (
-            self._thread is not None and not self._stopped and not self._fenced and time.monotonic() < self._lease_until
-        )
+        return self._started and not self._stopped and not self._fenced and time.monotonic() < self._lease_until
 
     @property
     def fenced(self) -> bool:
@@ -296,7 +310,7 @@ class FleetMember:
 
     def _heartbeat_loop(self) -> None:
         while not self._stop.is_set():
-            if self._heartbeat() and not self._fenced:
+            if self._heartbeat() and self._started and not self._fenced:
                 assert self._connected_since is not None
                 # Only a worker that has itself been heard from for `dead_after` may call a peer silent: after a
                 # database outage every worker's heartbeat is equally old, and the first one back must not take

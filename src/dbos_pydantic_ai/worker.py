@@ -30,7 +30,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
-from ._queue_spec import QUEUE_SPEC_SYNTAX, QueueSpec
+from ._queue_spec import QUEUE_SPEC_SYNTAX, QueueSpec, parse_queue_spec
 from ._worker_health import (
     DRAINING,
     FENCED,
@@ -48,9 +48,12 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_APP_NAME",
+    "QueueSpec",
+    "WorkerConfigError",
     "WorkerResult",
     "WorkerSettings",
     "import_agent_modules",
+    "parse_queue_spec",
     "run_worker",
 ]
 

@@ -35,7 +35,7 @@ AGENT = "fleet_agent"  # failover_worker.AGENT_NAME
 QUEUE = "fleet_runs"  # failover_worker.QUEUE
 MODEL_STEP = f"{AGENT}__model.request"
 TOOL_STEP = f"{AGENT}__tool.record_step"
-DEAD_AFTER = 4.0
+DEAD_AFTER = 6.0  # seconds: well above the scheduling stalls of a loaded 2-core machine
 FINISHED = {"SUCCESS", "ERROR", "CANCELLED", "MAX_RECOVERY_ATTEMPTS_EXCEEDED"}
 
 FIVE_REQUESTS = [{"tool_calls": [{"name": "record_step", "args": {"n": turn}}]} for turn in range(4)] + [
