@@ -37,6 +37,7 @@ RESULTS = Path(__file__).parent / "results" / "live_reader_delay.json"
 POSTGRES_SERVER_URL = os.environ.get("DBOS_PAI_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432")
 KEY = "bench"
 INTERVAL_SECONDS = 0.03
+READER_POLL = [0.1]  # the readers' polling_interval_sec (read_events' default); --reader-poll changes it
 
 
 def writer(url: str, workflow_id: str, count: int) -> None:
@@ -91,9 +92,9 @@ async def read(url: str, workflow_id: str, mode: str) -> list[float]:
     delays: list[float] = []
     try:
         if mode == "dbos":
-            source = client.read_stream_async(workflow_id, KEY, polling_interval_sec=0.1)
+            source = client.read_stream_async(workflow_id, KEY, polling_interval_sec=READER_POLL[0])
         else:
-            source = safe_read_stream(client, workflow_id, KEY, polling_interval_sec=0.1)
+            source = safe_read_stream(client, workflow_id, KEY, polling_interval_sec=READER_POLL[0])
         async for value in source:
             delays.append(time.time() - value)
     finally:
@@ -101,7 +102,8 @@ async def read(url: str, workflow_id: str, mode: str) -> list[float]:
     return delays
 
 
-def reader(url: str, workflow_id: str, mode: str, out: Any) -> None:
+def reader(url: str, workflow_id: str, mode: str, poll: float, out: Any) -> None:
+    READER_POLL[0] = poll
     out.put(asyncio.run(read(url, workflow_id, mode)))
 
 
@@ -109,7 +111,7 @@ def measure(url: str, mode: str, count: int) -> dict[str, float]:
     workflow_id = f"delay-{uuid.uuid4().hex[:8]}"
     context = multiprocessing.get_context("spawn")
     out = context.Queue()
-    read_process = context.Process(target=reader, args=(url, workflow_id, mode, out))
+    read_process = context.Process(target=reader, args=(url, workflow_id, mode, READER_POLL[0], out))
     write_process = context.Process(target=writer, args=(url, workflow_id, count))
     write_process.start()
     read_process.start()
@@ -129,14 +131,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--no-postgres", action="store_true")
+    parser.add_argument("--reader-poll", type=float, default=0.1, help="the readers' polling interval (s)")
+    parser.add_argument("--out", default=str(RESULTS))
     args = parser.parse_args()
+    READER_POLL[0] = args.reader_poll
     count = 60 if args.quick else 300
     results: dict[str, Any] = {
         "python": sys.version.split()[0],
         "cpus": os.cpu_count(),
         "values_per_measure": count,
         "write_interval_ms": INTERVAL_SECONDS * 1000,
-        "reader_polling_interval_ms": 100,
+        "reader_polling_interval_ms": args.reader_poll * 1000,
+        "load_average_1min_at_start": round(os.getloadavg()[0], 1),
     }
     if not args.no_postgres:
         name = f"bench_delay_{uuid.uuid4().hex[:8]}"
@@ -151,7 +157,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as directory:
         url = f"sqlite:///{directory}/delay.sqlite"
         results["sqlite_wal"] = {mode: measure(url, mode, count) for mode in ("push", "dbos")}
-    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+    Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
     print(json.dumps(results, indent=2))
 
 
