@@ -151,9 +151,11 @@ def _load_builtins() -> None:
         ):
             for name in dir(module):
                 cls = getattr(module, name)
-                if not isinstance(cls, type) or not cls.__module__.startswith("pydantic_ai") or name.startswith("_"):
+                if not isinstance(cls, type) or not cls.__module__.startswith("pydantic_ai"):
                     continue
-                tag = f"pydantic_ai.{cls.__name__}"
+                if name.startswith("_") and not issubclass(cls, BaseException):
+                    continue  # private exceptions stay: pydantic-ai raises `_HTTPModelRateLimitError` and the like
+                tag = f"pydantic_ai.{name if name.startswith('_') else cls.__name__}"  # private: named like public
                 if tag in _by_tag or cls in _by_class:
                     continue
                 if issubclass(cls, BaseException):
