@@ -1,11 +1,15 @@
 """`run_worker()` called from Python (docs/worker.md, "From Python"), on both databases: it serves a queue, runs a run
-started by `start_run` from a caller that does not define the agent, and returns when told to stop."""
+started by `start_run` from a caller that does not define the agent, answers on /healthz and /metrics, and returns
+when told to stop."""
 
 from __future__ import annotations
 
+import json
+import socket
 import sys
 import threading
 import time
+import urllib.request
 import uuid
 from pathlib import Path
 
@@ -34,6 +38,9 @@ def test_run_worker_serves_and_stops(database_url: str, tmp_path: Path, monkeypa
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "path", list(sys.path))  # run_worker puts the working directory first
 
+    with socket.socket() as probe:  # a free port for the health endpoint
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
     stop = threading.Event()
     outcome: dict[str, WorkerResult | BaseException] = {}
 
@@ -45,6 +52,9 @@ def test_run_worker_serves_and_stops(database_url: str, tmp_path: Path, monkeypa
             app_version="test",
             queues=[parse_queue_spec("runs:2,poll=0.1")],
             dead_after=10,
+            health_port=port,
+            health_host="127.0.0.1",
+            metrics=True,
         )
         try:
             outcome["result"] = run_worker(settings, stop=stop)
@@ -61,6 +71,11 @@ def test_run_worker_serves_and_stops(database_url: str, tmp_path: Path, monkeypa
             time.sleep(0.05)
         handle = start_run(agent, "hello", database_url=database_url, queue="runs")
         assert handle.result_sync().output == "served"
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10) as health:
+            assert (health.status, json.loads(health.read())["state"]) == (200, "serving")
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as response:
+            metrics = response.read().decode()
+        assert f'dbos_pai_runs{{agent="{agent}",status="SUCCESS"}} 1.0' in metrics
     finally:
         stop.set()
         thread.join(timeout=60)

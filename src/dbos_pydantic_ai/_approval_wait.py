@@ -33,6 +33,7 @@ from .names import (
     approvals_timeout_step,
     approvals_wait_step,
 )
+from .tracing import approval_event
 
 __all__ = ["timeout_seconds", "wait_for_decisions"]
 
@@ -131,6 +132,7 @@ async def wait_for_decisions(
         "ignored": [],
     }
     await DBOS.set_event_async(APPROVALS_EVENT, state)
+    approval_event("requested", wait_id, started["at"], tools=[e["tool_name"] for e in entries], deadline=deadline)
 
     results = DeferredToolResults()
     # Once the deadline has passed: every row of this wait, as the timeout step read them back.
@@ -164,6 +166,7 @@ async def wait_for_decisions(
                 else:
                     results.calls[call_id] = ToolFailed(reason)
                 state["decided"][call_id] = {"decision": TIMED_OUT, "at": row["decided_at_epoch_ms"] / 1000}
+                approval_event("decided", wait_id, started["at"], tool_call_id=call_id, **state["decided"][call_id])
             if pending:
                 await DBOS.set_event_async(APPROVALS_EVENT, state)
             continue
@@ -192,10 +195,14 @@ async def wait_for_decisions(
         else:
             results.calls[call_id] = message.get("result")
         state["decided"][call_id] = {"decision": decision, "at": message.get("decided_at")}
+        approval_event("decided", wait_id, started["at"], tool_call_id=call_id, **state["decided"][call_id])
         if pending:
             await DBOS.set_event_async(APPROVALS_EVENT, state)
     state["status"] = "resolved"
     await DBOS.set_event_async(APPROVALS_EVENT, state)
+    approval_event(
+        "resolved", wait_id, started["at"], at=max((d["at"] or 0 for d in state["decided"].values()), default=None)
+    )
     return results
 
 

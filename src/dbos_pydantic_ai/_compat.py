@@ -33,16 +33,22 @@ __all__ = [
     "check_no_nested_sync_run",
     "client_engine",
     "client_status_table",
+    "client_step_outputs",
+    "current_function_id",
     "dbos_configured",
     "dbos_instance",
     "dbos_launched",
+    "dbos_tracing_enabled",
+    "last_stream_offset",
     "launched_system_database",
     "mcp_explicit_id",
     "pickle_serializer",
+    "pydantic_ai_instrumented",
     "read_stream_rows",
     "recovery_attempts",
     "reenqueue_pending_runs",
     "stop_dequeuing",
+    "stream_offset_of_step",
     "stream_wakeup",
     "system_tables",
     "with_dbos_db_retry",
@@ -151,6 +157,21 @@ def read_stream_rows(
     return status, list(values)
 
 
+def client_step_outputs(client: Any) -> tuple[sa.Table, Callable[[str | None, str | None], Any]]:
+    """A `DBOSClient`'s `operation_outputs` table and a function that decodes a stored step output (text and its
+    `serialization` column). The metrics endpoint reads new model steps in bulk, by completion time; DBOS's
+    `list_workflow_steps` reads one run at a time. Decoded without unpickling (`_safe_read.decode_stored`): a row
+    stored as pickle comes back as a `StoredAsPickle` marker, which the metrics skip."""
+    from ._safe_read import decode_stored
+
+    sys_db = client._sys_db
+
+    def decode(text: str | None, serialization: str | None) -> Any:
+        return decode_stored(text, serialization)
+
+    return sys_db.tables.operation_outputs, decode
+
+
 def recovery_attempts(status: Any) -> int | None:
     """How many times a worker took the run up (2 or more: it was recovered). DBOS 3.4 marks the field internal."""
     attempts = getattr(status, "recovery_attempts", None)
@@ -187,6 +208,64 @@ def reenqueue_pending_runs(executor_id: str) -> list[str]:
             if sys_db.reenqueue_for_recovery(pending.workflow_id, [executor_id], INTERNAL_QUEUE_NAME):
                 moved.append(pending.workflow_id)
     return moved
+
+
+# --- Tracing (tracing.py) ----------------------------------------------------------------------------
+
+
+def dbos_tracing_enabled() -> bool:
+    """Whether DBOS emits its workflow and step spans (`enable_otlp`). DBOS keeps the flag on its tracer only."""
+    from dbos._tracer import dbos_tracer
+
+    return not dbos_tracer.disable_otlp
+
+
+def current_function_id() -> int | None:
+    """The id of the step the calling workflow code ran last (DBOS's context counter), or None outside a workflow.
+    `DBOS.step_id` answers only inside a step; a replayed step's id is needed after it returned."""
+    from dbos._context import get_local_dbos_context
+
+    ctx = get_local_dbos_context()
+    if ctx is None or not ctx.is_within_workflow():
+        return None
+    return ctx.function_id
+
+
+def last_stream_offset(workflow_id: str, key: str) -> int:
+    """The offset of the last value in a run's stream (-1 when empty), read with the launched DBOS's engine. DBOS's
+    `write_stream` does not return the offset it wrote at; a traced step counts its writes from here."""
+    import sqlalchemy as sa
+    from dbos._dbos import _get_dbos_instance
+
+    sys_db = _get_dbos_instance()._sys_db
+    streams = sys_db.tables.streams
+    query = sa.select(sa.func.max(streams.c.offset)).where(streams.c.workflow_uuid == workflow_id, streams.c.key == key)
+    with sys_db.engine.connect() as connection:
+        last = connection.execute(query).scalar()
+    return -1 if last is None else int(last)
+
+
+def stream_offset_of_step(workflow_id: str, key: str, function_id: int) -> int | None:
+    """The offset of the value a checkpointed `write_stream` from workflow code wrote at step `function_id`."""
+    import sqlalchemy as sa
+    from dbos._dbos import _get_dbos_instance
+
+    sys_db = _get_dbos_instance()._sys_db
+    streams = sys_db.tables.streams
+    query = sa.select(sa.func.min(streams.c.offset)).where(
+        streams.c.workflow_uuid == workflow_id, streams.c.key == key, streams.c.function_id == function_id
+    )
+    with sys_db.engine.connect() as connection:
+        offset = connection.execute(query).scalar()
+    return None if offset is None else int(offset)
+
+
+def pydantic_ai_instrumented() -> bool:
+    """Whether pydantic-ai instruments every agent already (`Agent.instrument_all()`, e.g. by Logfire). pydantic-ai
+    keeps it in a private class variable, with no getter."""
+    from pydantic_ai import Agent
+
+    return Agent._instrument_default is not False
 
 
 # --- pydantic-ai -------------------------------------------------------------------------------------

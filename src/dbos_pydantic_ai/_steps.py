@@ -20,6 +20,7 @@ from ._serialization import configured_serializer
 from .config import StepConfig
 from .exceptions import NotSerializableError, StepFailedError
 from .fleet import hold_lease
+from .tracing import StepTrace, step_trace
 
 T = TypeVar("T")
 
@@ -84,11 +85,16 @@ def portable_exception(error: Exception) -> Exception:
     return StepFailedError(f"{type(error).__module__}.{type(error).__qualname__}", str(error))
 
 
-def checkpointable(func: Callable[..., Awaitable[T]]) -> Callable[..., Coroutine[Any, Any, T]]:
+def checkpointable(
+    func: Callable[..., Awaitable[T]], traced: StepTrace | None = None
+) -> Callable[..., Coroutine[Any, Any, T]]:
     """`func` with its exceptions made safe to record (see `portable_exception`), run only while this worker holds
-    its fleet lease (see `fleet.py`: a worker that may have been declared dead starts no step)."""
+    its fleet lease (see `fleet.py`: a worker that may have been declared dead starts no step). `traced` (tracing on)
+    learns that the step ran live, not from the database."""
 
     async def call(*args: Any) -> T:
+        if traced is not None:
+            await traced.live()
         await hold_lease()
         try:
             return await func(*args)
@@ -103,11 +109,19 @@ def checkpointable(func: Callable[..., Awaitable[T]]) -> Callable[..., Coroutine
 
 async def run_step(options: StepOptions, func: Callable[..., Awaitable[T]], *args: Any) -> T:
     """Run `await func(*args)` as a DBOS step; its result, or the exception it raised, is checkpointed."""
-    return await DBOS.run_step_async(options, checkpointable(func), *args)
+    traced = step_trace(options["name"] or "")
+    if traced is None:
+        return await DBOS.run_step_async(options, checkpointable(func), *args)
+    with traced:
+        return await DBOS.run_step_async(options, checkpointable(func, traced), *args)
 
 
 async def run_reserved_step(
     reservation: StepReservation, options: StepOptions, func: Callable[..., Awaitable[T]], *args: Any
 ) -> T:
     """Like `run_step`, at a step number reserved earlier with `DBOS.reserve_step()`."""
-    return await reservation.run_async(options, checkpointable(func), *args)
+    traced = step_trace(options["name"] or "", reservation.step_id)
+    if traced is None:
+        return await reservation.run_async(options, checkpointable(func), *args)
+    with traced:
+        return await reservation.run_async(options, checkpointable(func, traced), *args)

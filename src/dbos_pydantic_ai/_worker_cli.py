@@ -111,6 +111,13 @@ def worker_command(
             show_default=False,
         ),
     ] = None,
+    metrics: Annotated[
+        bool,
+        typer.Option(
+            help="Also serve Prometheus metrics at GET /metrics on the health port (the whole fleet's numbers, read "
+            "from the database: scrape one worker or the console, not every worker)."
+        ),
+    ] = False,
     log_level: Annotated[str, typer.Option(help="Level of DBOS's own logger (INFO shows its launch).")] = "WARNING",
 ) -> None:
     """Run a fleet worker: import your agents, launch DBOS, serve queues; SIGTERM drains it gracefully."""
@@ -144,6 +151,7 @@ def worker_command(
             health_port=health_port,
             health_host=health_host,
             health_file=health_file,
+            metrics=metrics,
             log_level=log_level,
         )
     except WorkerConfigError as error:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,10 +64,10 @@ class WorkerStatus:
         }
 
 
-def health_app(status: Callable[[], WorkerStatus]) -> Any:
+def health_app(status: Callable[[], WorkerStatus], routers: Sequence[Any] = ()) -> Any:
     """The FastAPI app of the health endpoint: `GET /healthz` is the status as JSON, 200 while healthy, else 503.
 
-    Other routes (a future `/metrics`) are added to the same app, reading the same `status` callable.
+    `routers` join the same app (`--metrics` adds `GET /metrics`).
     """
     from fastapi import FastAPI
     from fastapi.responses import JSONResponse
@@ -79,6 +79,8 @@ def health_app(status: Callable[[], WorkerStatus]) -> Any:
         current = status()
         return JSONResponse(current.as_json(), status_code=200 if current.healthy else 503)
 
+    for router in routers:
+        app.include_router(router)
     return app
 
 
@@ -86,11 +88,11 @@ class HealthServer:
     """uvicorn serving `health_app` on a daemon thread, on a socket bound up front (so a port in use fails at start,
     with a clear message, instead of inside the thread)."""
 
-    def __init__(self, host: str, port: int, status: Callable[[], WorkerStatus]) -> None:
+    def __init__(self, host: str, port: int, status: Callable[[], WorkerStatus], routers: Sequence[Any] = ()) -> None:
         try:
             import uvicorn
 
-            app = health_app(status)
+            app = health_app(status, routers)
         except ImportError as error:
             raise WorkerConfigError(
                 f"--health-port needs FastAPI and uvicorn ({error.name} is missing): pip install "

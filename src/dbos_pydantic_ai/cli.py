@@ -293,6 +293,13 @@ def console_command(
             help="Show values stored as pickle (unpickling runs code: only for a database you trust).",
         ),
     ] = False,
+    trace_url: Annotated[
+        str | None,
+        typer.Option(
+            envvar="DBOS_PAI_TRACE_URL",
+            help="Link traced runs to their trace: a URL template with {trace_id} (Logfire, Jaeger, Tempo, ...).",
+        ),
+    ] = None,
 ) -> None:
     """Serve the web console: runs, conversations, costs, approvals and live output (needs the `console` extra)."""
     if database_url is None:
@@ -329,6 +336,7 @@ def console_command(
             allowed_hosts=allowed,
             max_live_readers=max_live_readers,
             trust_pickle=trust_pickle,
+            trace_url=trace_url,
         )
     except UserError as error:
         error_console.print(f"[bold red]Error:[/] {error}")

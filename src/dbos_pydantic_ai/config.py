@@ -11,6 +11,7 @@ import logging
 import os
 import re
 import sqlite3
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypedDict
 
@@ -236,6 +237,10 @@ def dbos_config(
     check: bool = True,
     log_level: str = "WARNING",
     serializer: Any = None,
+    tracing: bool = False,
+    otlp_endpoint: str | Sequence[str] | None = None,
+    trace_attributes: Mapping[str, str] | None = None,
+    instrument_pydantic_ai: bool = True,
     **extra: Any,
 ) -> DBOSConfig:
     """A `DBOSConfig` for a durable-agent application.
@@ -259,6 +264,13 @@ def dbos_config(
             JSON cannot hold; its rows run code when read), or a DBOS `Serializer`. None reads the
             `DBOS_PYDANTIC_AI_SERIALIZER` environment variable, else "json". Rows already stored keep the format
             they were written in: DBOS reads each one by its recorded serialization.
+        tracing: Turn DBOS's OpenTelemetry spans on (`enable_otlp`; needs the `otel` extra) and, unless
+            `instrument_pydantic_ai=False` or something (Logfire) did already, pydantic-ai's (`Agent.instrument_all()`).
+            See docs/observability.md.
+        otlp_endpoint: One or more OTLP/HTTP traces endpoints (`http://collector:4318/v1/traces`) DBOS exports to.
+            Without one, spans go to the tracer provider you (or Logfire) set up.
+        trace_attributes: Attributes DBOS puts on each of its spans (e.g. `{"deployment": "eu-1"}`).
+        instrument_pydantic_ai: With `tracing=True`, whether to call `Agent.instrument_all()`.
         extra: Any other `DBOSConfig` key, passed through.
 
     Example:
@@ -283,5 +295,16 @@ def dbos_config(
     chosen = serializer_for(serializer)
     if chosen.name() != "py_pickle":
         config["serializer"] = chosen
+    # Tracing (tracing.py): DBOS's keys, so users need not know them.
+    from .tracing import dbos_tracing_config
+
+    traced = dbos_tracing_config(
+        name,
+        tracing=tracing,
+        otlp_endpoint=otlp_endpoint,
+        trace_attributes=trace_attributes,
+        instrument_pydantic_ai=instrument_pydantic_ai,
+    )
+    config.update(traced)  # type: ignore[typeddict-item]
     config.update(extra)  # type: ignore[typeddict-item]
     return config

@@ -22,6 +22,7 @@ __all__ = [
     "STREAM_EVENTS_INPUT",
     "STREAM_KEY",
     "TAKEOVERS_TABLE",
+    "TRACE_EVENT",
     "WORKERS_TABLE",
     "approvals_check_step",
     "approvals_timeout_step",
@@ -116,6 +117,10 @@ DECISION_TOPIC = "dbos_pydantic_ai.approval_decision"
 
 RETRY_EVENT = "dbos_pydantic_ai.model_retry"
 """The DBOS event key under which a run publishes its model retry state (waiting, recovered, gave up)."""
+
+TRACE_EVENT = "dbos_pydantic_ai.trace"
+"""The DBOS event key under which a traced run keeps its latest execution's trace context (trace and span id, the
+execution's number), so a recovered execution links to the one before (tracing.py)."""
 
 DECISIONS_TABLE = "dbos_pai_approval_decisions"
 """The table of approval decisions: the arbiter of each call, and the audit log."""

@@ -50,6 +50,7 @@ from pydantic_ai.tools import RunContext
 
 from .exceptions import DatabaseUnreachableError
 from .names import STREAM_KEY
+from .tracing import StreamTrace, stream_trace, stream_write_recorded
 
 __all__ = [
     "STREAM_KEY",
@@ -187,12 +188,21 @@ class _StepWriter:
             await self._wake.wait()
             self._wake.clear()
             batch, self._pending = self._pending, []
+            traced = await self._traced()
             for item in batch:
                 if not isinstance(item, _AttemptStart):
                     item = _ModelEvent(self._step_id, self._attempt, item)
                 await DBOS.write_stream_async(STREAM_KEY, item)
+                if traced is not None:
+                    traced.wrote(_event_kind(item))
             if self._closed and not self._pending:
                 return
+
+    async def _traced(self) -> StreamTrace | None:
+        """With tracing on, counts this step's writes as span events with their offsets (tracing.py)."""
+        if not hasattr(self, "_trace"):
+            self._trace = await stream_trace(STREAM_KEY)
+        return self._trace
 
     async def close(self) -> None:
         """Write what is queued and wait for it."""
@@ -240,6 +250,7 @@ def record_run_events(inner: EventStreamHandler[Any] | None) -> EventStreamHandl
             async for event in events:
                 if not isinstance(event, _PART_EVENTS):  # the model step wrote those
                     await DBOS.write_stream_async(STREAM_KEY, event)
+                    await stream_write_recorded(STREAM_KEY, _event_kind(event))
                 yield event
 
         tee = recorded()
@@ -249,6 +260,12 @@ def record_run_events(inner: EventStreamHandler[Any] | None) -> EventStreamHandl
             pass
 
     return handler
+
+
+def _event_kind(item: Any) -> str:
+    """What a stream write holds, for its span event: the event's `event_kind`, else its type's name."""
+    inner = getattr(item, "event", item)
+    return str(getattr(inner, "event_kind", type(inner).__name__))
 
 
 @asynccontextmanager

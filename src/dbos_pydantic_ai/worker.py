@@ -45,6 +45,7 @@ from .exceptions import WorkerConfigError
 
 if TYPE_CHECKING:
     from .fleet import FleetMember
+    from .metrics import RunMetrics
 
 __all__ = [
     "DEFAULT_APP_NAME",
@@ -87,6 +88,8 @@ class WorkerSettings:
         health_port: Serve `GET /healthz` on this port (0: any free port; None: no endpoint).
         health_host: The address the health endpoint binds.
         health_file: Touch this file while the worker holds its lease; it is removed when the worker drains.
+        metrics: Also serve Prometheus metrics at `GET /metrics` on the health port (read from the database: the
+            whole fleet's numbers, so scrape one worker or the console, not every worker).
         log_level: The level of DBOS's own logger.
         dbos_options: Other `DBOSConfig` keys, passed to `dbos_config()`.
     """
@@ -103,6 +106,7 @@ class WorkerSettings:
     health_port: int | None = None
     health_host: str = "0.0.0.0"
     health_file: Path | None = None
+    metrics: bool = False
     log_level: str = "WARNING"
     dbos_options: Mapping[str, Any] = field(default_factory=dict)
 
@@ -136,6 +140,8 @@ class WorkerSettings:
             raise WorkerConfigError(f"--dead-after must be a positive number of seconds, not {self.dead_after!r}.")
         if not self.grace >= 0:
             raise WorkerConfigError(f"--grace must be zero or a positive number of seconds, not {self.grace!r}.")
+        if self.metrics and self.health_port is None:
+            raise WorkerConfigError("--metrics serves GET /metrics on the health endpoint: give --health-port too.")
         if self.health_port is not None and not 0 <= self.health_port <= 65535:
             raise WorkerConfigError(f"--health-port must be from 0 to 65535, not {self.health_port!r}.")
         if self.health_file is not None:
@@ -236,6 +242,7 @@ class _Worker:
         self.member: FleetMember | None = None
         self.claimed = False
         self.health: HealthServer | None = None
+        self.metrics: RunMetrics | None = None
         self._file_thread: threading.Thread | None = None
         self._file_stop = threading.Event()
 
@@ -322,7 +329,12 @@ class _Worker:
         except ValueError as error:
             raise WorkerConfigError(f"{error} (--dead-after, --heartbeat-interval)") from None
         if settings.health_port is not None:
-            self.health = HealthServer(settings.health_host, settings.health_port, self.status)
+            routers = []
+            if settings.metrics:
+                from .metrics import router
+
+                routers.append(router(lambda: self.metrics))  # opened once DBOS has launched (it needs the tables)
+            self.health = HealthServer(settings.health_host, settings.health_port, self.status, routers)
             self.health.start()
             shown = f"[{settings.health_host}]" if ":" in settings.health_host else settings.health_host
             logger.info("Worker %r: health on http://%s:%d/healthz", settings.executor_id, shown, self.health.port)
@@ -331,6 +343,10 @@ class _Worker:
         DBOS(config=config)
         DBOS.listen_queues([queue.name for queue in settings.queues])
         DBOS.launch()
+        if settings.metrics:
+            from .metrics import RunMetrics
+
+            self.metrics = RunMetrics.open(settings.database_url)
         for queue in settings.queues:
             queue.register()
         self.member.start()
@@ -394,8 +410,7 @@ class _Worker:
             )
         DBOS.destroy(workflow_completion_timeout_sec=0)
         self.state = STOPPED
-        if self.health is not None:
-            self.health.stop()
+        self._stop_health_server()
         logger.info("Worker %r: stopped", me)
         return WorkerResult(drained=drained, handed_off=handed_off)
 
@@ -410,8 +425,13 @@ class _Worker:
             except Exception as error:  # the database may be what failed
                 logger.warning("Worker %r: could not mark itself stopped: %s", self.settings.executor_id, error)
         DBOS.destroy(workflow_completion_timeout_sec=0)
+        self._stop_health_server()
+
+    def _stop_health_server(self) -> None:
         if self.health is not None:
             self.health.stop()
+        if self.metrics is not None:
+            self.metrics.close()
 
     def _stop_health_file(self, *, remove: bool) -> None:
         self._file_stop.set()

@@ -47,6 +47,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from .._compat import client_status_table
 from .._serialization import serializer_for
 from ..approvals import ApprovalRejected
+from ..names import TRACE_EVENT
+from ..tracing import check_trace_url, trace_link
 from .data import STATUSES, ConsoleData, InvalidCursor, RunNotFound, approval_json
 from .fleet_data import FleetData
 
@@ -336,6 +338,7 @@ def create_app(
     allowed_hosts: Sequence[str] | None = None,
     max_live_readers: int = DEFAULT_MAX_LIVE_READERS,
     trust_pickle: bool = False,
+    trace_url: str | None = None,
 ) -> FastAPI:
     """The console for the DBOS system database at `database_url`.
 
@@ -347,11 +350,14 @@ def create_app(
             more are refused with 503 until one ends.
         trust_pickle: Unpickle values stored as pickle to show them (runs code the rows name: only for a
             database whose writers you trust). Without it they show as "stored as pickle, not displayed".
+        trace_url: A URL template with `{trace_id}`: each traced run links to its trace there (tracing.py).
     """
     if token is not None and not token:
         raise ValueError("An empty token would let everyone in: pass None or a non-empty token.")
     if isinstance(max_live_readers, bool) or not isinstance(max_live_readers, int) or max_live_readers < 1:
         raise ValueError(f"max_live_readers must be an int >= 1, not {max_live_readers!r}.")
+    if trace_url is not None:
+        check_trace_url(trace_url)
     data = ConsoleData(database_url, trust_pickle=trust_pickle)
     fleet = FleetData(*client_status_table(data.client))
     live = _LiveReaders(database_url, max_live_readers)
@@ -426,7 +432,14 @@ def create_app(
     @app.get("/api/runs/{workflow_id}")
     async def run(workflow_id: WorkflowId) -> dict[str, Any]:
         """A run: its summary, conversation, steps, model requests, children, pending approvals, output, takeovers."""
-        return await detail(workflow_id)
+        found = await detail(workflow_id)
+        if trace_url is not None:  # a link to the run's latest trace (tracing.py)
+            from .._safe_read import safe_get_event  # never unpickled (DBOS's get_event would)
+
+            trust = data.trust_pickle
+            stored = await blocking(safe_get_event, data.client, workflow_id, TRACE_EVENT, trust_pickle=trust)
+            found["trace"] = trace_link(stored, trace_url, workflow_id)
+        return found
 
     @app.get("/api/compare")
     async def compare(
@@ -547,6 +560,12 @@ def create_app(
             media_type="text/event-stream",
             headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
         )
+
+    # Prometheus metrics at /metrics (metrics.py), from the console's own client and approvals connection.
+    from ..metrics import RunMetrics
+    from ..metrics import router as metrics_router
+
+    app.include_router(metrics_router(RunMetrics(data.client, data.inbox)))
 
     if (STATIC_DIR / "index.html").exists():
         app.mount("/", StaticFiles(directory=STATIC_DIR, html=True), name="static")

@@ -920,6 +920,7 @@
     if (run.takeovers && run.takeovers.length) {
       rows.push(["Taken over", h("ul", { class: "takeovers", id: "run-takeovers" }, run.takeovers.map((t) => h("li", {}, takeoverText(t))))]);
     }
+    if (run.trace) rows.push(["Trace", h("a", { href: run.trace.url, id: "run-trace", target: "_blank", rel: "noopener noreferrer" }, run.trace.trace_id)]);
     if (run.parent_workflow_id) rows.push(["Parent run", runLink(run.parent_workflow_id)]);
     if (run.forked_from) {
       rows.push([
