@@ -48,6 +48,7 @@ from dbos_pydantic_ai.names import (
     approvals_check_step,
     approvals_timeout_step,
 )
+from dbos_pydantic_ai.serializer import JSONSerializer
 
 RunMode = Literal["async", "sync"]
 WAIT_SECONDS = 60.0
@@ -340,7 +341,7 @@ async def test_a_bare_send_of_a_decision_is_not_carried_out(
         "decided_at": time.time(),
         "override_args": {"amount": 10_000},
     }
-    client = DBOSClient(system_database_url=database_url)
+    client = DBOSClient(system_database_url=database_url, serializer=JSONSerializer())
     try:
         await asyncio.to_thread(client.send, "wf-bare", forged, DECISION_TOPIC)
     finally:

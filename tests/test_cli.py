@@ -32,6 +32,7 @@ from typer.testing import CliRunner
 from dbos_pydantic_ai import DBOSAgent
 from dbos_pydantic_ai.cli import TAIL_NO_EVENTS, TAIL_RUN_FAILED, app
 from dbos_pydantic_ai.demo import DemoResult, StepReport, _step_reports
+from dbos_pydantic_ai.serializer import JSONSerializer
 
 VENV_BIN = Path(sys.executable).parent
 CONSOLE_SCRIPT = VENV_BIN / "dbos-pydantic-ai"
@@ -96,7 +97,7 @@ def assert_recovered_run(output: str, workdir: Path, database_url: str) -> None:
     assert refund_id in output
 
     # The database: the run succeeded after a recovery, with the five steps in order.
-    client = DBOSClient(system_database_url=database_url)
+    client = DBOSClient(system_database_url=database_url, serializer=JSONSerializer())
     try:
         status = client.retrieve_workflow(workflow_id).get_status()
         steps = client.list_workflow_steps(workflow_id)
@@ -258,7 +259,9 @@ def test_demo_with_a_model_name_kills_after_the_first_completed_request(
     ]
     assert len(read_jsonl(workdir / "refunds.jsonl")) == 1
     workflow_id = re.search(r"demo-refund-[0-9a-f]{8}", result.stdout).group(0)  # type: ignore[union-attr]
-    client = DBOSClient(system_database_url=database_url)  # the run is in the database the demo was given
+    client = DBOSClient(
+        system_database_url=database_url, serializer=JSONSerializer()
+    )  # the run is in the database the demo was given
     try:
         status = client.retrieve_workflow(workflow_id).get_status()
     finally:

@@ -18,6 +18,7 @@ from pydantic_ai.models.test import TestModel
 from dbos_pydantic_ai import DBOSAgent, dbos_config
 from dbos_pydantic_ai.config import check_database_url, redact_url
 from dbos_pydantic_ai.exceptions import DatabaseUnreachableError, UserError
+from dbos_pydantic_ai.serializer import JSONSerializer
 
 Launch = Callable[[DBOSConfig], None]
 
@@ -88,7 +89,7 @@ def test_environment_variable_is_honoured(
     launch_with(config)
     durable.run_sync("hi")
 
-    client = DBOSClient(system_database_url=database_url)
+    client = DBOSClient(system_database_url=database_url, serializer=JSONSerializer())
     try:
         assert [w.name for w in client.list_workflows()] == [f"{agent_name}.run_sync"]
     finally:

@@ -27,7 +27,7 @@ from pydantic_ai.exceptions import RunCancelled, RunTimedOut
 from pydantic_ai.messages import ModelMessage, ModelRequest, ModelResponse, TextPart
 from pydantic_ai.models.function import AgentInfo, FunctionModel
 
-from dbos_pydantic_ai import DBOSAgent
+from dbos_pydantic_ai import DBOSAgent, register_types
 from run_modes import RunMode, run_in_mode
 
 WAIT = 60.0  # generous bound for anything that waits: never asserted as a timing
@@ -149,6 +149,9 @@ class HouseStyle(AbstractCapability[Any]):
 
     def get_instructions(self) -> str:
         return f"Answer in the {self.style} style."
+
+
+register_types(HouseStyle)  # a per-run capability is a stored input: its type must be on the allowlist
 
 
 def echo_instructions(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:

@@ -54,8 +54,10 @@ def translate(doc: str) -> str:
 
 
 async def test_per_run_toolsets_stay_plain_with_durable_tools_true(
-    agent_name: str, launch_dbos: Callable[[], None], run_mode: RunMode
+    agent_name: str, launch_dbos: Callable[[], None], run_mode: RunMode, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # A per-run toolset holds functions, which only pickle can store: this run uses the pickle switch.
+    monkeypatch.setenv("DBOS_PYDANTIC_AI_SERIALIZER", "pickle")
     step_ids.clear()
     agent = Agent(FunctionModel(both_tools_then_summary), name=agent_name, tools=[stamp])
     durable = DBOSAgent(agent, durable_tools=True)

@@ -25,6 +25,7 @@ from .fleet import FleetMember
 from .model import DBOSModel
 from .retries import ModelRetryPolicy, continue_run, is_transient
 from .runs import RunHandle, start_run, start_run_async
+from .serializer import JSONSerializer, StoredAsPickle, UnknownStoredTypeError, register_types
 from .streams import (
     DurableRunEvents,
     DurableStreamedRun,
@@ -58,6 +59,7 @@ __all__ = [
     "DurableStreamedRun",
     "EventLog",
     "FleetMember",
+    "JSONSerializer",
     "ModelRequestStarted",
     "ModelRetryPolicy",
     "NotSerializableError",
@@ -66,7 +68,9 @@ __all__ = [
     "RunHandle",
     "StepConfig",
     "StepFailedError",
+    "StoredAsPickle",
     "Superseded",
+    "UnknownStoredTypeError",
     "approval_args_digest",
     "approve",
     "approve_async",
@@ -80,6 +84,7 @@ __all__ = [
     "list_pending_approvals",
     "list_pending_approvals_async",
     "read_events",
+    "register_types",
     "start_run",
     "start_run_async",
 ]

@@ -109,12 +109,21 @@ def list_(
     agent: Annotated[str | None, typer.Option(help="Only runs of this DBOSAgent.")] = None,
     run: Annotated[str | None, typer.Option(help="Only this run (workflow id).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    trust_pickle: Annotated[
+        bool,
+        typer.Option(
+            "--trust-pickle",
+            help="Also read runs stored as pickle (unpickling runs code: only for a database you trust).",
+        ),
+    ] = False,
 ) -> None:
     """List the tool calls that waiting runs need a decision on, oldest first."""
     from .approvals import list_pending_approvals
 
     try:
-        pending = list_pending_approvals(agent_name=agent, workflow_id=run, database_url=database_url)
+        pending = list_pending_approvals(
+            agent_name=agent, workflow_id=run, database_url=database_url, trust_pickle=trust_pickle
+        )
     except Exception as error:
         raise _fail(str(error), 2) from None
     if as_json:

@@ -3,7 +3,8 @@
 Checked against dbos 3.4.0 and pydantic-ai-slim 2.68.0 (`pyproject.toml` pins `dbos<4` and `pydantic-ai-slim<3`).
 Each function says what it needs and why no public API does it; when one of these projects changes, this module is
 the one to read. Imports happen inside the functions, so nothing here is loaded before it is needed, except
-pydantic-ai's `UNSET` marker, which a signature needs at import time.
+pydantic-ai's `UNSET` marker, which a signature needs at import time, and DBOS's `Serializer` base class, which
+`JSONSerializer` subclasses at import time.
 """
 
 from __future__ import annotations
@@ -14,8 +15,10 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
     import sqlalchemy as sa
-    from dbos._serialization import Serializer
 
+# `DBOSConfig["serializer"]` and `DBOSClient(serializer=)` take an instance of this interface (`serialize(data) ->
+# str`, `deserialize(str)`, `name()`), and DBOS 3.4 exports no public alias for it: `JSONSerializer` subclasses it.
+from dbos._serialization import Serializer
 from pydantic_ai._utils import UNSET, Unset  # `override(model=UNSET)`: WrapperAgent.override's own default and type
 
 T = TypeVar("T")
@@ -23,6 +26,8 @@ T = TypeVar("T")
 __all__ = [
     "UNSET",
     "LaunchedSystemDatabase",
+    "Serializer",
+    "StreamWakeup",
     "Unset",
     "active_workflow_ids",
     "check_no_nested_sync_run",
@@ -37,11 +42,15 @@ __all__ = [
     "last_stream_offset",
     "launched_system_database",
     "mcp_explicit_id",
+    "pickle_serializer",
     "pydantic_ai_instrumented",
+    "read_stream_rows",
     "recovery_attempts",
     "reenqueue_pending_runs",
     "stop_dequeuing",
     "stream_offset_of_step",
+    "stream_wakeup",
+    "system_tables",
     "with_dbos_db_retry",
 ]
 
@@ -92,17 +101,73 @@ def client_engine(client: Any) -> sa.Engine:
     return engine
 
 
+def system_tables(client: Any | None) -> tuple[sa.Engine, Any]:
+    """The engine and DBOS's table definitions (`workflow_status`, `workflow_input`, `workflow_output`,
+    `operation_outputs`, `workflow_events`, `streams`) of a `DBOSClient`, or of the launched DBOS for None.
+
+    Readers that must not unpickle (console, `approvals`, `tail`, `read_events`) read the stored text and its
+    `serialization` column themselves: DBOS's own readers unpickle every row marked `py_pickle`, whatever serializer
+    they are given."""
+    sys_db = _system_database(client)
+    return sys_db.engine, sys_db.tables
+
+
+def pickle_serializer() -> Serializer:
+    """DBOS's own serializer (pickle), for applications that choose it. DBOS exports it under no public name."""
+    from dbos._serialization import DefaultSerializer
+
+    return DefaultSerializer()
+
+
+def _system_database(client: Any | None) -> Any:
+    if client is None:
+        from dbos._dbos import _get_dbos_instance
+
+        return _get_dbos_instance()._sys_db
+    return client._sys_db
+
+
+@dataclass(frozen=True)
+class StreamWakeup:
+    """A stream reader's wake-up: `event` is set when the stream may have new values (`clear()`, then
+    `await wait_async(timeout)`); call `close()` once, when the reader stops."""
+
+    event: Any
+    close: Callable[[], None]
+
+
+def stream_wakeup(client: Any | None, workflow_id: str, key: str) -> StreamWakeup:
+    """Register with DBOS's notification listener for writes to a workflow's stream, as DBOS's own `read_stream`
+    does: on PostgreSQL the listener (of the launched DBOS, or of a `DBOSClient(use_listen_notify=True)`) sets the
+    event on LISTEN/NOTIFY, so a reader sees a new value in milliseconds instead of at its next poll. The safe reader
+    (`_safe_read.safe_read_stream`) needs it because it reads the rows itself: DBOS's `read_stream` unpickles rows
+    marked `py_pickle`, and the wake-up is not public API. Register before reading, so no write is missed."""
+    sys_db = _system_database(client)
+    event, payload = sys_db.register_stream_listener(workflow_id, key)
+    return StreamWakeup(event, lambda: sys_db.unregister_stream_listener(payload, event))
+
+
+def read_stream_rows(
+    client: Any | None, workflow_id: str, key: str, offset: int, limit: int
+) -> tuple[str | None, list[tuple[str | None, str | None]]]:
+    """The workflow's status and up to `limit` consecutive stored stream values from `offset`, as (text,
+    serialization) pairs, not deserialized: DBOS's `read_stream_values` (one statement, under its polling limiter
+    and connection retries), which DBOS's own readers use before they unpickle `py_pickle` rows."""
+    status, values = _system_database(client).read_stream_values(workflow_id, key, offset, limit)
+    return status, list(values)
+
+
 def client_step_outputs(client: Any) -> tuple[sa.Table, Callable[[str | None, str | None], Any]]:
     """A `DBOSClient`'s `operation_outputs` table and a function that decodes a stored step output (text and its
     `serialization` column). The metrics endpoint reads new model steps in bulk, by completion time; DBOS's
-    `list_workflow_steps` reads one run at a time."""
-    from dbos._serialization import deserialize_value
+    `list_workflow_steps` reads one run at a time. Decoded without unpickling (`_safe_read.decode_stored`): a row
+    stored as pickle comes back as a `StoredAsPickle` marker, which the metrics skip."""
+    from ._safe_read import decode_stored
 
     sys_db = client._sys_db
-    serializer = client._serializer
 
     def decode(text: str | None, serialization: str | None) -> Any:
-        return deserialize_value(text, serialization, serializer)
+        return decode_stored(text, serialization)
 
     return sys_db.tables.operation_outputs, decode
 

@@ -67,7 +67,9 @@ def retry_state(
         raise typer.Exit(code=2) from None
     client = DBOSClient(system_database_url=database_url)
     try:
-        state = client.get_event(workflow_id, RETRY_EVENT, timeout_seconds=0)
+        from ._safe_read import safe_get_event
+
+        state = safe_get_event(client, workflow_id, RETRY_EVENT)  # never unpickled: a pickled one shows as none
     finally:
         client.destroy()
     if not isinstance(state, dict):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pickle
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
@@ -17,6 +16,7 @@ from pydantic_ai.exceptions import (
     ToolRetryError,
 )
 
+from ._serialization import configured_serializer
 from .config import StepConfig
 from .exceptions import NotSerializableError, StepFailedError
 from .fleet import hold_lease
@@ -64,7 +64,9 @@ class _StoredSkipModelRequest(SkipModelRequest):
 
 
 def portable_exception(error: Exception) -> Exception:
-    """`error` itself if DBOS can store it and rebuild the same exception on replay, else a `StepFailedError`.
+    """`error` itself if DBOS's configured serializer stores it and rebuilds the same exception on replay, else a
+    `StepFailedError`. With typed JSON that means a class on the allowlist (pydantic-ai's, this package's, common
+    builtin ones and what the application registers) whose attributes can be stored.
 
     A `SkipModelRequest` (the model's answer given without a request) is kept as one, so the agent still uses
     its response, on the first run and on a replay.
@@ -73,8 +75,9 @@ def portable_exception(error: Exception) -> Exception:
         skip = _StoredSkipModelRequest(error.response)
         skip.__dict__.update(vars(error))
         return skip
+    serializer = configured_serializer()
     try:
-        rebuilt = pickle.loads(pickle.dumps(error))
+        rebuilt = serializer.deserialize(serializer.serialize(error))
     except Exception:
         rebuilt = None
     if type(rebuilt) is type(error):

@@ -12,6 +12,7 @@ Without a launched DBOS, the agent is the wrapped agent, unchanged.
 from __future__ import annotations
 
 import sys
+import typing
 from collections.abc import (
     AsyncIterator,
     Awaitable,
@@ -51,6 +52,7 @@ from .names import run_sync_workflow as run_sync_workflow_name
 from .names import run_workflow as run_workflow_name
 from .retries import DEFAULT_MODEL_RETRY, ModelRetryPolicy
 from .runs import RunHandle, StartOptions, check_start_options, refuse_live_run_args, start_here, start_here_async
+from .serializer import register_declared_types
 from .streams import (
     durable_run_events,
     durable_streamed_run,
@@ -104,6 +106,26 @@ def _known_provider(provider_name: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def _register_declared_types(agent: AbstractAgent[Any, Any]) -> None:
+    """Allow, in stored values, the types the agent declares: its deps and output types, its tools' return types.
+
+    A worker reads back only types on the allowlist (`serializer.py`); these are the ones its runs store.
+    """
+    declared: list[Any] = [getattr(agent, "deps_type", None), getattr(agent, "output_type", None)]
+
+    def collect(toolset: AbstractToolset[Any]) -> None:
+        if isinstance(toolset, FunctionToolset):
+            for tool in toolset.tools.values():
+                try:
+                    declared.append(typing.get_type_hints(tool.function).get("return"))
+                except Exception:  # an annotation that does not resolve: its values are checked when stored
+                    continue
+
+    for toolset in agent.toolsets:
+        toolset.apply(collect)
+    register_declared_types(*declared)
 
 
 # --- The per-run capability ---------------------------------------------------------------------
@@ -295,6 +317,7 @@ class DBOSAgent(WrapperAgent[AgentDepsT, OutputDataT]):
             # The same run, on the process's durable loop, where its model and MCP requests go anyway.
             return run_on_durable_loop(run_workflow(user_prompt, **inputs))
 
+        _register_declared_types(wrapped)
         self._run_workflow = DBOS.workflow(name=run_workflow_name(agent_name))(run_workflow)
         self._run_sync_workflow = DBOS.workflow(name=run_sync_workflow_name(agent_name))(run_sync_workflow)
         _registered_names.add(agent_name)

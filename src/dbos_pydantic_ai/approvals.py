@@ -39,6 +39,8 @@ from pydantic_ai.exceptions import UserError
 
 from ._approval_table import TIMED_OUT, create_decisions_table, decisions_table, launched_decisions, wait_rows
 from ._compat import dbos_launched, launched_system_database
+from ._safe_read import safe_get_event
+from ._serialization import serializer_for
 from .config import _sqlite_path, system_database_error
 from .names import (
     APPROVALS_EVENT,
@@ -110,6 +112,7 @@ class _Connection:
     engine: sa.Engine
     table: sa.Table
     owned: bool  # opened here (closed by `close`), not the launched DBOS's
+    trust_pickle: bool = False  # unpickle a published state stored as pickle (see _safe_read.py)
 
     def close(self) -> None:
         if self.owned:
@@ -133,7 +136,7 @@ def _sqlite_engine(url: str) -> sa.Engine:
 _launched_clients: weakref.WeakKeyDictionary[Any, DBOSClient] = weakref.WeakKeyDictionary()
 
 
-def _open(database_url: str | None) -> _Connection:
+def _open(database_url: str | None, *, trust_pickle: bool = False) -> _Connection:
     """Connect to the launched DBOS's system database (`database_url=None`) or to `database_url`."""
     engine: sa.Engine  # the launched DBOS's (an `OptionEngine`, a subclass) or one opened here
     if database_url is None:
@@ -159,12 +162,13 @@ def _open(database_url: str | None) -> _Connection:
             engine, schema = sa.create_engine(sa.make_url(database_url).set(drivername="postgresql+psycopg")), "dbos"
         owned = True
         try:
-            client = DBOSClient(system_database_engine=engine, dbos_system_schema=schema)
+            # Decisions are sent with the serializer the workers read (typed JSON unless DBOS_PYDANTIC_AI_SERIALIZER).
+            client = DBOSClient(system_database_engine=engine, dbos_system_schema=schema, serializer=serializer_for())
             client.list_workflows(limit=1, load_input=False, load_output=False)  # DBOS's tables are there
         except Exception as error:
             engine.dispose()
             raise UserError(system_database_error(database_url, error)) from error
-    connection = _Connection(client, engine, decisions_table(schema), owned)
+    connection = _Connection(client, engine, decisions_table(schema), owned, trust_pickle)
     try:
         if owned:
             create_decisions_table(engine, connection.table)
@@ -177,7 +181,7 @@ def _open(database_url: str | None) -> _Connection:
 
 
 def _published_state(connection: _Connection, workflow_id: str) -> dict[str, Any] | None:
-    state = connection.client.get_event(workflow_id, APPROVALS_EVENT, timeout_seconds=0)
+    state = safe_get_event(connection.client, workflow_id, APPROVALS_EVENT, trust_pickle=connection.trust_pickle)
     return state if isinstance(state, dict) and state.get("version") == 1 else None
 
 
@@ -226,10 +230,13 @@ class ApprovalInbox:
 
     Args:
         database_url: The workers' system database; None uses the DBOS launched in this process.
+        trust_pickle: Read a run's published calls even when they are stored as pickle (by workers configured with
+            `serializer="pickle"`, or before the upgrade to typed JSON). Unpickling runs code the row names: only for
+            a database whose writers you trust. Without it such runs are not listed.
     """
 
-    def __init__(self, database_url: str | None = None) -> None:
-        self._connection = _open(database_url)
+    def __init__(self, database_url: str | None = None, *, trust_pickle: bool = False) -> None:
+        self._connection = _open(database_url, trust_pickle=trust_pickle)
 
     def __enter__(self) -> ApprovalInbox:
         return self
@@ -282,7 +289,11 @@ class ApprovalInbox:
 
 
 def list_pending_approvals(
-    *, agent_name: str | None = None, workflow_id: str | None = None, database_url: str | None = None
+    *,
+    agent_name: str | None = None,
+    workflow_id: str | None = None,
+    database_url: str | None = None,
+    trust_pickle: bool = False,
 ) -> list[PendingApproval]:
     """The tool calls that waiting runs need a decision on, oldest first. Calls whose deadline passed are left out.
 
@@ -290,8 +301,9 @@ def list_pending_approvals(
         agent_name: Only runs of this `DBOSAgent`.
         workflow_id: Only this run.
         database_url: The workers' system database; None uses the DBOS launched in this process.
+        trust_pickle: Also list runs whose published calls are stored as pickle (see `ApprovalInbox`).
     """
-    with ApprovalInbox(database_url) as inbox:
+    with ApprovalInbox(database_url, trust_pickle=trust_pickle) as inbox:
         return inbox.list_pending(agent_name=agent_name, workflow_id=workflow_id)
 
 
@@ -465,11 +477,19 @@ def deliver_result(
 
 
 async def list_pending_approvals_async(
-    *, agent_name: str | None = None, workflow_id: str | None = None, database_url: str | None = None
+    *,
+    agent_name: str | None = None,
+    workflow_id: str | None = None,
+    database_url: str | None = None,
+    trust_pickle: bool = False,
 ) -> list[PendingApproval]:
     """`list_pending_approvals`, off the event loop."""
     return await asyncio.to_thread(
-        list_pending_approvals, agent_name=agent_name, workflow_id=workflow_id, database_url=database_url
+        list_pending_approvals,
+        agent_name=agent_name,
+        workflow_id=workflow_id,
+        database_url=database_url,
+        trust_pickle=trust_pickle,
     )
 
 

@@ -125,6 +125,13 @@ def tail(
     from_offset: Annotated[
         int, typer.Option(min=0, help="Continue after this offset (printed when you interrupt tail).")
     ] = 0,
+    trust_pickle: Annotated[
+        bool,
+        typer.Option(
+            "--trust-pickle",
+            help="Show events stored as pickle (unpickling runs code: only for a database you trust).",
+        ),
+    ] = False,
 ) -> None:
     """Print a run's events live (agents with stream_events=True): text as it arrives, tool calls as they happen."""
     import asyncio
@@ -136,8 +143,8 @@ def tail(
         raise typer.Exit(code=2)
     progress = [from_offset]  # the last offset printed, kept up to date for an interrupt
     try:
-        shown = asyncio.run(_tail(workflow_id, database_url, progress))
-        status, error_text = _final_status(workflow_id, database_url)
+        shown = asyncio.run(_tail(workflow_id, database_url, progress, trust_pickle=trust_pickle))
+        status, error_text = _final_status(workflow_id, database_url, trust_pickle=trust_pickle)
     except KeyboardInterrupt:
         error_console.print(f"\n[dim]stopped; continue with --from-offset {progress[0]}[/]")
         raise typer.Exit(code=130) from None
@@ -169,7 +176,7 @@ TAIL_NO_EVENTS = 3
 """`tail`'s exit code when the run finished without recording events (its agent had no stream_events=True)."""
 
 
-async def _tail(workflow_id: str, database_url: str, progress: list[int]) -> int:
+async def _tail(workflow_id: str, database_url: str, progress: list[int], *, trust_pickle: bool = False) -> int:
     """Print the events of one run after offset `progress[0]` until it ends, updating `progress[0]`.
 
     Returns how many events were read.
@@ -177,7 +184,9 @@ async def _tail(workflow_id: str, database_url: str, progress: list[int]) -> int
     from .streams import read_events
 
     count = 0
-    async for offset, event in read_events(workflow_id, from_offset=progress[0], database_url=database_url):
+    async for offset, event in read_events(
+        workflow_id, from_offset=progress[0], database_url=database_url, trust_pickle=trust_pickle
+    ):
         count += 1
         text = render_event(event)
         if text:
@@ -188,18 +197,22 @@ async def _tail(workflow_id: str, database_url: str, progress: list[int]) -> int
     return count
 
 
-def _final_status(workflow_id: str, database_url: str) -> tuple[str, str | None]:
+def _final_status(workflow_id: str, database_url: str, *, trust_pickle: bool = False) -> tuple[str, str | None]:
     """The status of a run that has ended, and its error as `Type: message` (None when it has none)."""
     from dbos import DBOSClient
 
+    from ._safe_read import safe_list_workflows
+
     client = DBOSClient(system_database_url=database_url)
     try:
-        statuses = client.list_workflows(workflow_ids=[workflow_id], load_input=False, load_output=True)
+        statuses = safe_list_workflows(client, workflow_ids=[workflow_id], trust_pickle=trust_pickle)
     finally:
         client.destroy()
     if not statuses:  # deleted while tail read it
         return "UNKNOWN", "the run is no longer in the database"
     error = statuses[0].error
+    if error is not None and not isinstance(error, BaseException):  # stored as pickle, not displayed
+        return statuses[0].status, str(error)
     text = None if error is None else (f"{type(error).__name__}: {error}" if str(error) else type(error).__name__)
     return statuses[0].status, text
 
@@ -216,6 +229,7 @@ def render_event(event: object) -> str:
         TextPartDelta,
     )
 
+    from .serializer import StoredAsPickle
     from .streams import Superseded
 
     if isinstance(event, PartStartEvent) and isinstance(event.part, TextPart):
@@ -228,6 +242,8 @@ def render_event(event: object) -> str:
         part = event.part
         content = str(part.content) if isinstance(part, RetryPromptPart) else part.model_response_str()
         return f"[tool result] {part.tool_name}: {content}\n"
+    if isinstance(event, StoredAsPickle):
+        return "\n[an event stored as pickle, not displayed: pass --trust-pickle to show it]\n"
     if isinstance(event, Superseded):
         return f"\n[model request retried: the text from offset {event.discard_from} on is void]\n"
     return ""
@@ -270,6 +286,13 @@ def console_command(
         int,
         typer.Option(min=1, help="Live outputs served at once (they share a few database connections); more get 503."),
     ] = 32,
+    trust_pickle: Annotated[
+        bool,
+        typer.Option(
+            "--trust-pickle",
+            help="Show values stored as pickle (unpickling runs code: only for a database you trust).",
+        ),
+    ] = False,
     trace_url: Annotated[
         str | None,
         typer.Option(
@@ -308,7 +331,12 @@ def console_command(
         # Bound to loopback, accept only loopback Host headers: a DNS-rebinding page cannot reach the API.
         allowed = [*LOOPBACK_HOSTS, "[::1]", host] if loopback else None
         web_app = create_app(
-            database_url, token=token, allowed_hosts=allowed, max_live_readers=max_live_readers, trace_url=trace_url
+            database_url,
+            token=token,
+            allowed_hosts=allowed,
+            max_live_readers=max_live_readers,
+            trust_pickle=trust_pickle,
+            trace_url=trace_url,
         )
     except UserError as error:
         error_console.print(f"[bold red]Error:[/] {error}")

@@ -17,6 +17,7 @@ from typing import Any, TypedDict
 
 from dbos import DBOSConfig
 
+from ._serialization import serializer_for
 from .exceptions import DatabaseUnreachableError, UserError
 
 __all__ = [
@@ -235,6 +236,7 @@ def dbos_config(
     application_version: str | None = None,
     check: bool = True,
     log_level: str = "WARNING",
+    serializer: Any = None,
     tracing: bool = False,
     otlp_endpoint: str | Sequence[str] | None = None,
     trace_attributes: Mapping[str, str] | None = None,
@@ -257,6 +259,11 @@ def dbos_config(
             logs each of its schema migrations and its launch at INFO. Pass "INFO" or "DEBUG" to see them.
             At the quiet levels DBOS's "Workflow already exists in queue: _dbos_internal_queue" warning is dropped
             too: a relaunched worker that starts a run recovery already took up joins that run (configuration.md).
+        serializer: How DBOS stores inputs, results, events and streams: "json" (the default: typed JSON that
+            readers never have to unpickle, see docs/serialization.md), "pickle" (DBOS's own default, for values
+            JSON cannot hold; its rows run code when read), or a DBOS `Serializer`. None reads the
+            `DBOS_PYDANTIC_AI_SERIALIZER` environment variable, else "json". Rows already stored keep the format
+            they were written in: DBOS reads each one by its recorded serialization.
         tracing: Turn DBOS's OpenTelemetry spans on (`enable_otlp`; needs the `otel` extra) and, unless
             `instrument_pydantic_ai=False` or something (Logfire) did already, pydantic-ai's (`Agent.instrument_all()`).
             See docs/observability.md.
@@ -285,6 +292,9 @@ def dbos_config(
         config["executor_id"] = executor_id
     if application_version is not None:
         config["application_version"] = application_version
+    chosen = serializer_for(serializer)
+    if chosen.name() != "py_pickle":
+        config["serializer"] = chosen
     # Tracing (tracing.py): DBOS's keys, so users need not know them.
     from .tracing import dbos_tracing_config
 

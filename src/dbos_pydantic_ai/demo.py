@@ -693,7 +693,9 @@ def _collect(workflow_id: str, database_url: str, workdir: Path, killed: bool) -
     """Read the finished workflow and its steps from the database, with a client (no DBOS launch)."""
     from dbos import DBOSClient
 
-    client = DBOSClient(system_database_url=database_url)
+    from ._serialization import serializer_for
+
+    client = DBOSClient(system_database_url=database_url, serializer=serializer_for())
     try:
         handle: WorkflowHandle[AgentRunResult[Any]] = client.retrieve_workflow(workflow_id)
         status = handle.get_status().status

@@ -13,6 +13,7 @@ __all__ = [
     "DECISIONS_TABLE",
     "DECISION_TOPIC",
     "DURABLE_TOOL_STEP_MARKER",
+    "JSON_SERIALIZATION",
     "MCP_STEP_MARKER",
     "MODEL_STEP_SUFFIXES",
     "RETRY_EVENT",
@@ -34,6 +35,11 @@ __all__ = [
     "run_sync_workflow",
     "run_workflow",
 ]
+
+# --- Stored values -------------------------------------------------------------------------------
+
+JSON_SERIALIZATION = "dbos_pydantic_ai_json"
+"""The `serialization` DBOS records on every value `JSONSerializer` stores (`py_pickle` marks a pickled one)."""
 
 # --- Workflows ------------------------------------------------------------------------------------
 

@@ -189,7 +189,11 @@ def continue_run(workflow_id: str, *, database_url: str | None = None) -> int:
     """
     from dbos import DBOS, DBOSClient
 
-    client = DBOSClient(system_database_url=database_url) if database_url is not None else None
+    from ._serialization import serializer_for
+
+    client = (
+        DBOSClient(system_database_url=database_url, serializer=serializer_for()) if database_url is not None else None
+    )
     try:
         statuses = (
             client.list_workflows(workflow_ids=[workflow_id], load_input=False, load_output=False)

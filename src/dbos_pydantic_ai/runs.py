@@ -25,7 +25,7 @@ from pydantic_ai.exceptions import UserError
 from pydantic_ai.run import AgentRunResult
 
 from ._compat import dbos_launched
-from ._serialization import ensure_serializable
+from ._serialization import ensure_serializable, serializer_for
 from ._steps import in_workflow
 from .exceptions import DatabaseUnreachableError, RunAlreadyActiveError
 from .names import STREAM_EVENTS_INPUT
@@ -228,7 +228,8 @@ def _connect(url: str) -> DBOSClient:
     if sqlite_file is not None and not sqlite_file.exists():  # DBOSClient would create an empty file
         raise DatabaseUnreachableError(system_database_error(url, FileNotFoundError(str(sqlite_file))))
     try:
-        return DBOSClient(system_database_url=url)
+        # Inputs are written with the serializer the workers read (typed JSON unless DBOS_PYDANTIC_AI_SERIALIZER).
+        return DBOSClient(system_database_url=url, serializer=serializer_for())
     except Exception as error:
         raise DatabaseUnreachableError(system_database_error(url, error)) from error
 

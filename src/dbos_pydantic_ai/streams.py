@@ -100,7 +100,7 @@ DurableStreamEvent: TypeAlias = AgentStreamEvent | ModelRequestStarted | Superse
 
 # --- What the stream holds ------------------------------------------------------------------------
 # Model events come wrapped with their step and attempt; run events (written from workflow code) are
-# stored as they are. Stored with DBOS's serializer (pickle), so a reader needs this package installed.
+# stored as they are. Stored with DBOS's serializer (typed JSON by default), so a reader needs this package installed.
 
 
 @dataclass(frozen=True)
@@ -323,12 +323,19 @@ def _default_database_url(database_url: str | None) -> str | None:
     return url
 
 
+def pushes_notifications(url: str) -> bool:
+    """Whether a reader's `DBOSClient` on `url` should run DBOS's notification listener: on PostgreSQL it wakes
+    live readers on each write (LISTEN/NOTIFY) instead of at their next poll; SQLite has no push."""
+    return not url.startswith("sqlite")
+
+
 async def _open_client(url: str) -> DBOSClient:
     """A `DBOSClient` on `url`, connected in a thread; never left open by a caller cancelled meanwhile.
 
     The thread runs on when the awaiting task is cancelled. Whichever side comes second (the thread
     handing over the client, or the caller giving up) destroys it, under one lock.
     """
+    from ._serialization import serializer_for
     from .config import _sqlite_path, system_database_error
 
     sqlite_file = _sqlite_path(url)
@@ -340,7 +347,9 @@ async def _open_client(url: str) -> DBOSClient:
 
     def connect() -> DBOSClient:
         try:
-            client = DBOSClient(system_database_url=url)
+            client = DBOSClient(
+                system_database_url=url, serializer=serializer_for(), use_listen_notify=pushes_notifications(url)
+            )
         except Exception as error:
             raise DatabaseUnreachableError(system_database_error(url, error)) from error
         with lock:
@@ -412,6 +421,7 @@ def read_events(
     database_url: str | None = None,
     polling_interval_sec: float = DEFAULT_POLLING_INTERVAL_SEC,
     client: DBOSClient | None = None,
+    trust_pickle: bool = False,
 ) -> AsyncIterator[tuple[int, DurableStreamEvent]]:
     """Follow a durable run's events live, as `(offset, event)` pairs; ends when the run ends.
 
@@ -429,26 +439,37 @@ def read_events(
     The arguments are checked at once (`UserError`); the database is opened when iteration starts.
     Events of a model request attempt that was retried are followed by a `Superseded` marker (see it).
     Reading from an offset reads the earlier items again, to know which attempts they belong to.
-    The events are unpickled: only read a database whose writers you trust (see docs/streams.md).
+    Nothing is unpickled: events stored as typed JSON are decoded with the allowlist, and an event stored as pickle
+    (by a worker configured with `serializer="pickle"`, or before the upgrade) is yielded as a `StoredAsPickle`
+    marker, unless `trust_pickle=True` (only for a database whose writers you trust; see docs/serialization.md).
     """
     _check_read_arguments(workflow_id, from_offset, polling_interval_sec, database_url, client)
     url = None if client is not None else _default_database_url(database_url)
-    return _read_events(workflow_id, from_offset, url, polling_interval_sec, client)
+    return _read_events(workflow_id, from_offset, url, polling_interval_sec, client, trust_pickle)
 
 
 async def _read_events(
-    workflow_id: str, from_offset: int, url: str | None, polling_interval_sec: float, shared: DBOSClient | None
+    workflow_id: str,
+    from_offset: int,
+    url: str | None,
+    polling_interval_sec: float,
+    shared: DBOSClient | None,
+    trust_pickle: bool = False,
 ) -> AsyncIterator[tuple[int, DurableStreamEvent]]:
+    from ._safe_read import safe_read_stream
+
     owned: DBOSClient | None = None
     source: AsyncIterator[Any] | None = None
     try:
         if url is not None:
             owned = await _open_client(url)
-        reader = owned or shared
-        if reader is not None:
-            source = reader.read_stream_async(workflow_id, STREAM_KEY, polling_interval_sec=polling_interval_sec)
-        else:
-            source = DBOS.read_stream_async(workflow_id, STREAM_KEY, polling_interval_sec=polling_interval_sec)
+        source = safe_read_stream(
+            owned or shared,
+            workflow_id,
+            STREAM_KEY,
+            polling_interval_sec=polling_interval_sec,
+            trust_pickle=trust_pickle,
+        )
         state = _ReaderState()
         position = 0
         async for item in source:

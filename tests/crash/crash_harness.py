@@ -23,6 +23,8 @@ import pytest
 from dbos import DBOSClient
 from openai_server import ScriptedOpenAIServer
 
+from dbos_pydantic_ai.serializer import JSONSerializer
+
 WORKER_SCRIPT = Path(__file__).with_name("worker.py")
 WAIT_SECONDS = 90.0  # generous: a shared 2-core machine can be slow to start Python and DBOS
 
@@ -133,7 +135,7 @@ class CrashRun:
     def client(self) -> DBOSClient:
         """A DBOS client on the test's database (create it only once a worker has launched DBOS)."""
         if self._client is None:
-            self._client = DBOSClient(system_database_url=self.database_url)
+            self._client = DBOSClient(system_database_url=self.database_url, serializer=JSONSerializer())
         return self._client
 
     def status(self, workflow_id: str | None = None) -> Any:

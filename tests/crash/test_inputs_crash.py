@@ -92,6 +92,10 @@ def test_capabilities_are_stored_and_used_on_recovery(crash_run: Callable[..., C
     the stored run, and its replay runs the (plain) tool again with them."""
     from worker import CAPABILITY_LABEL, Stamper
 
+    from dbos_pydantic_ai import register_types
+
+    register_types(Stamper)  # this process reads the stored input back: its type must be on the allowlist here too
+
     script = [{"tool_calls": [{"name": "stamp", "args": {"doc": "invoice"}}]}, FINAL_TEXT]
     run = crash_run("capability", mode, script, delay_turns={1})
     kill_during_second_request(run)

@@ -24,6 +24,7 @@ from pydantic_ai.models.openai import OpenAIChatModel
 from pydantic_ai.providers.openai import OpenAIProvider
 
 from dbos_pydantic_ai import DBOSAgent
+from dbos_pydantic_ai.serializer import JSONSerializer
 
 SCRIPT = [{"tool_calls": [{"name": "read_prompt"}]}, {"text": "Answer to: {tool_result}"}]
 EACH = 4  # runs of each kind
@@ -72,7 +73,7 @@ async def test_async_sync_queued_resumed_and_forked_runs_at_once(
     to_resume = f"{prefix}-resumed"
     with SetWorkflowID(to_resume):
         resumed_handle = await DBOS.start_workflow_async(durable._run_workflow, "hold: resumed")
-    client = DBOSClient(system_database_url=database_url)
+    client = DBOSClient(system_database_url=database_url, serializer=JSONSerializer())
     try:
 
         async def async_run(index: int) -> None:

@@ -55,7 +55,7 @@ from pydantic_ai.models.openai import OpenAIChatModel
 from pydantic_ai.providers.openai import OpenAIProvider
 from pydantic_ai.toolsets import FunctionToolset
 
-from dbos_pydantic_ai import DBOSAgent, dbos_config
+from dbos_pydantic_ai import DBOSAgent, dbos_config, register_types
 
 EXECUTOR_ID = "worker-1"
 APP_VERSION = "crash-test"
@@ -296,6 +296,7 @@ def main() -> None:
     # imports them by (`worker`), and `worker` resolves to this very module here.
     sys.modules.setdefault("worker", sys.modules[__name__])
     Stamper.__module__ = "worker"
+    register_types(Stamper)  # a stored input: on the JSON allowlist, under its name `worker.Stamper`
     if args.scenario == "model_name":  # the recovering process finds the server through the environment too
         os.environ["OPENAI_BASE_URL"] = f"http://127.0.0.1:{args.port}/v1"
         os.environ["OPENAI_API_KEY"] = "test"

@@ -20,6 +20,7 @@ def create_app(
     token: str | None = None,
     allowed_hosts: Any = None,
     max_live_readers: int | None = None,
+    trust_pickle: bool = False,
     trace_url: str | None = None,
 ) -> FastAPI:
     """The console's FastAPI app for the system database at `database_url` (see `console.app.create_app`)."""
@@ -27,4 +28,11 @@ def create_app(
     from .app import create_app as create
 
     limit = DEFAULT_MAX_LIVE_READERS if max_live_readers is None else max_live_readers
-    return create(database_url, token=token, allowed_hosts=allowed_hosts, max_live_readers=limit, trace_url=trace_url)
+    return create(
+        database_url,
+        token=token,
+        allowed_hosts=allowed_hosts,
+        max_live_readers=limit,
+        trust_pickle=trust_pickle,
+        trace_url=trace_url,
+    )

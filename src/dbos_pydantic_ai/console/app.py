@@ -45,6 +45,7 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .._compat import client_status_table
+from .._serialization import serializer_for
 from ..approvals import ApprovalRejected
 from ..names import TRACE_EVENT
 from ..tracing import check_trace_url, trace_link
@@ -272,8 +273,14 @@ class _LiveReaders:
         self.client: DBOSClient | None = None
 
     async def open(self) -> None:
+        from ..streams import pushes_notifications
+
         self.client = await asyncio.to_thread(
-            DBOSClient, system_database_url=self.database_url, system_database_pool_size=LIVE_READER_POOL_SIZE
+            DBOSClient,
+            system_database_url=self.database_url,
+            system_database_pool_size=LIVE_READER_POOL_SIZE,
+            serializer=serializer_for(),
+            use_listen_notify=pushes_notifications(self.database_url),  # live tails woken by PostgreSQL's push
         )
 
     async def close(self) -> None:
@@ -330,6 +337,7 @@ def create_app(
     token: str | None = None,
     allowed_hosts: Sequence[str] | None = None,
     max_live_readers: int = DEFAULT_MAX_LIVE_READERS,
+    trust_pickle: bool = False,
     trace_url: str | None = None,
 ) -> FastAPI:
     """The console for the DBOS system database at `database_url`.
@@ -340,6 +348,8 @@ def create_app(
         allowed_hosts: Accepted `Host` header names (e.g. the loopback names); None accepts any.
         max_live_readers: Live tails served at once (they share `LIVE_READER_POOL_SIZE` connections);
             more are refused with 503 until one ends.
+        trust_pickle: Unpickle values stored as pickle to show them (runs code the rows name: only for a
+            database whose writers you trust). Without it they show as "stored as pickle, not displayed".
         trace_url: A URL template with `{trace_id}`: each traced run links to its trace there (tracing.py).
     """
     if token is not None and not token:
@@ -348,7 +358,7 @@ def create_app(
         raise ValueError(f"max_live_readers must be an int >= 1, not {max_live_readers!r}.")
     if trace_url is not None:
         check_trace_url(trace_url)
-    data = ConsoleData(database_url)
+    data = ConsoleData(database_url, trust_pickle=trust_pickle)
     fleet = FleetData(*client_status_table(data.client))
     live = _LiveReaders(database_url, max_live_readers)
 
@@ -424,7 +434,10 @@ def create_app(
         """A run: its summary, conversation, steps, model requests, children, pending approvals, output, takeovers."""
         found = await detail(workflow_id)
         if trace_url is not None:  # a link to the run's latest trace (tracing.py)
-            stored = await blocking(data.client.get_event, workflow_id, TRACE_EVENT, 0)
+            from .._safe_read import safe_get_event  # never unpickled (DBOS's get_event would)
+
+            trust = data.trust_pickle
+            stored = await blocking(safe_get_event, data.client, workflow_id, TRACE_EVENT, trust_pickle=trust)
             found["trace"] = trace_link(stored, trace_url, workflow_id)
         return found
 
@@ -542,7 +555,7 @@ def create_app(
                 raise HTTPException(422, "Last-Event-ID must be an event offset.")
         client, release = live.acquire()
         return _ReleasingStream(
-            sse_stream(workflow_id, start, client),
+            sse_stream(workflow_id, start, client, trust_pickle=data.trust_pickle),
             release,
             media_type="text/event-stream",
             headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
@@ -656,7 +669,9 @@ def event_json(offset: int, event: Any) -> dict[str, Any]:
     return data
 
 
-async def sse_stream(workflow_id: str, from_offset: int, client: DBOSClient) -> AsyncIterator[str]:
+async def sse_stream(
+    workflow_id: str, from_offset: int, client: DBOSClient, *, trust_pickle: bool = False
+) -> AsyncIterator[str]:
     """SSE messages for a run's events after `from_offset`, a comment every 15 s while idle, then `event: end`.
 
     Read through `client`, the console's shared one (left open).
@@ -667,7 +682,9 @@ async def sse_stream(workflow_id: str, from_offset: int, client: DBOSClient) -> 
 
     async def produce() -> None:
         try:
-            async for offset, event in read_events(workflow_id, from_offset=from_offset, client=client):
+            async for offset, event in read_events(
+                workflow_id, from_offset=from_offset, client=client, trust_pickle=trust_pickle
+            ):
                 await queue.put((offset, event))
         except Exception as error:
             await queue.put(error)

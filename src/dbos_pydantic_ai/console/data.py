@@ -1,7 +1,9 @@
 """What the console shows, read from the workers' DBOS system database.
 
-Runs, steps and results are read through a `DBOSClient` (which deserializes what the workers
-wrote), plus one read-only keyset query on `workflow_status` for the paginated runs table. Nothing
+Runs, steps and results are read through a `DBOSClient` and `_safe_read.py` (which decodes what the workers
+wrote without unpickling: a value stored as pickle shows as "stored as pickle, not displayed" unless the console
+was started with `--trust-pickle`), plus one read-only keyset query on `workflow_status` for the paginated runs
+table. Nothing
 here deserializes data that came from a browser: request values are only ever strings and numbers
 used as query parameters.
 """
@@ -37,6 +39,8 @@ from pydantic_ai.run import AgentRunResult
 from pydantic_core import to_jsonable_python
 
 from .._compat import client_status_table, recovery_attempts
+from .._safe_read import safe_get_event, safe_list_workflow_steps, safe_list_workflows
+from .._serialization import serializer_for
 from ..approvals import ApprovalInbox
 from ..config import _sqlite_path, system_database_error
 from ..names import (
@@ -276,13 +280,13 @@ def _prompt(inputs: Any) -> Any:
 class ConsoleData:
     """Reads runs, steps, conversations and costs from one system database (a DBOS client and a read-only query)."""
 
-    def __init__(self, database_url: str) -> None:
+    def __init__(self, database_url: str, *, trust_pickle: bool = False) -> None:
         sqlite_file = _sqlite_path(database_url)
         if sqlite_file is not None and not sqlite_file.exists():  # DBOSClient would create an empty file
             raise UserError(system_database_error(database_url, FileNotFoundError(str(sqlite_file))))
         client: DBOSClient | None = None
         try:
-            client = DBOSClient(system_database_url=database_url)
+            client = DBOSClient(system_database_url=database_url, serializer=serializer_for())
             client.list_workflows(limit=1, load_input=False, load_output=False)  # DBOS's tables are there
         except Exception as error:
             if client is not None:
@@ -291,8 +295,11 @@ class ConsoleData:
             raise UserError(system_database_error(database_url, error)) from error
         self.client = client
         self.database_url = database_url
+        self.trust_pickle = trust_pickle  # else values stored as pickle show as "stored as pickle, not displayed"
         try:
-            self.inbox = ApprovalInbox(database_url)  # one connection for every approvals view and decision
+            self.inbox = ApprovalInbox(
+                database_url, trust_pickle=trust_pickle
+            )  # one connection for every approvals view and decision
         except BaseException:
             client.destroy()
             raise
@@ -361,7 +368,7 @@ class ConsoleData:
         """RunSummaries of these runs, in this order (unknown ids left out)."""
         if not workflow_ids:
             return []
-        statuses = self.client.list_workflows(workflow_ids=workflow_ids, load_input=False, load_output=True)
+        statuses = safe_list_workflows(self.client, workflow_ids=workflow_ids, trust_pickle=self.trust_pickle)
         by_id = {status.workflow_id: status for status in statuses}
         summaries = []
         for workflow_id in workflow_ids:
@@ -372,7 +379,7 @@ class ConsoleData:
             with self._lock:
                 cached = self._summaries.get(key)
             if cached is None:
-                cached = self._summary(status, self.client.list_workflow_steps(workflow_id))
+                cached = self._summary(status, self._steps(workflow_id))
                 if status.status in FINISHED:
                     with self._lock:
                         self._summaries[key] = cached
@@ -381,10 +388,18 @@ class ConsoleData:
             summaries.append(dict(cached))
         return summaries
 
+    def _steps(self, workflow_id: str) -> list[Any]:
+        """The run's steps, their outputs and errors read without unpickling (see `_safe_read.py`)."""
+        return safe_list_workflow_steps(self.client, workflow_id, trust_pickle=self.trust_pickle)
+
     def _summary(self, status: Any, steps: list[Any]) -> dict[str, Any]:
         requests = self._model_requests(steps)
         failures = [step["output"] for step in steps if isinstance(step["output"], FailedAttempt)]
-        published = self.client.get_event(status.workflow_id, RETRY_EVENT, timeout_seconds=0) if failures else None
+        published = (
+            safe_get_event(self.client, status.workflow_id, RETRY_EVENT, trust_pickle=self.trust_pickle)
+            if failures
+            else None
+        )
         retry = retry_json(status.status, failures, published)
         costs = [request["cost_usd"] for request in requests]
         finished = status.status in FINISHED
@@ -447,11 +462,13 @@ class ConsoleData:
 
     def run(self, workflow_id: str) -> dict[str, Any]:
         """A run with its conversation, steps, model requests, children, pending approvals and output."""
-        statuses = self.client.list_workflows(workflow_ids=[workflow_id], load_input=True, load_output=True)
+        statuses = safe_list_workflows(
+            self.client, workflow_ids=[workflow_id], load_input=True, trust_pickle=self.trust_pickle
+        )
         if not statuses or agent_of(statuses[0].name) is None:
             raise RunNotFound(workflow_id)
         status = statuses[0]
-        steps = self.client.list_workflow_steps(workflow_id)
+        steps = self._steps(workflow_id)
         detail = self._summary(status, steps)
         requests = self._model_requests(steps)
         children = self.client.list_workflows(parent_workflow_id=workflow_id, load_input=False, load_output=False)
