@@ -16,8 +16,9 @@ and at the deadline it inserts `timed_out` rows for the calls still open, in a r
 message is already committed), and one that comes second is refused. So a decision and the timeout
 never both win, and a decision the API accepted is the one the run carries out.
 
-The decision API (`ApprovalInbox`, which keeps its connection, and the functions `list_pending_approvals`,
-`approve`, `deny`, `deliver_result` and their `_async` twins, which open one per call) works in the worker process
+The decision API (`ApprovalInbox`, which keeps its connection until closed, and the functions
+`list_pending_approvals`, `approve`, `deny`, `deliver_result` and their `_async` twins, which share one connection
+per database URL in the process) works in the worker process
 (the launched DBOS) or from any process that has the database URL. The waiting itself is `_approval_wait.py`; the
 table both sides share is `_approval_table.py`.
 """
@@ -27,6 +28,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import os
+import threading
 import time
 import weakref
 from dataclasses import dataclass
@@ -40,7 +43,7 @@ from pydantic_ai.exceptions import UserError
 from ._approval_table import TIMED_OUT, create_decisions_table, decisions_table, launched_decisions, wait_rows
 from ._compat import dbos_launched, launched_system_database
 from ._safe_read import safe_get_event
-from ._serialization import serializer_for
+from ._serialization import SERIALIZER_ENV, serializer_for
 from .config import _sqlite_path, system_database_error
 from .names import (
     APPROVALS_EVENT,
@@ -120,8 +123,8 @@ class _Connection:
             self.engine.dispose()
 
 
-def _sqlite_engine(url: str) -> sa.Engine:
-    engine = sa.create_engine(url)
+def _sqlite_engine(url: str, **options: Any) -> sa.Engine:
+    engine = sa.create_engine(url, **options)
 
     @sa.event.listens_for(engine, "connect")
     def configure(dbapi_connection: Any, connection_record: Any) -> None:
@@ -136,8 +139,13 @@ def _sqlite_engine(url: str) -> sa.Engine:
 _launched_clients: weakref.WeakKeyDictionary[Any, DBOSClient] = weakref.WeakKeyDictionary()
 
 
-def _open(database_url: str | None, *, trust_pickle: bool = False) -> _Connection:
-    """Connect to the launched DBOS's system database (`database_url=None`) or to `database_url`."""
+def _open(database_url: str | None, *, trust_pickle: bool = False, shared: bool = False) -> _Connection:
+    """Connect to the launched DBOS's system database (`database_url=None`) or to `database_url`.
+
+    `shared`: for the connection the module's functions keep per database URL, which outlives any one call: it
+    checks a pooled PostgreSQL connection before use (the server may have closed it since), and opens the SQLite
+    file at each use instead of holding it open.
+    """
     engine: sa.Engine  # the launched DBOS's (an `OptionEngine`, a subclass) or one opened here
     if database_url is None:
         if not dbos_launched():
@@ -157,9 +165,12 @@ def _open(database_url: str | None, *, trust_pickle: bool = False) -> _Connectio
         if sqlite_file is not None:
             if not sqlite_file.exists():
                 raise UserError(system_database_error(database_url, FileNotFoundError(str(sqlite_file))))
-            engine, schema = _sqlite_engine(database_url), None
+            options: dict[str, Any] = {"poolclass": sa.pool.NullPool} if shared else {}
+            engine, schema = _sqlite_engine(database_url, **options), None
         else:
-            engine, schema = sa.create_engine(sa.make_url(database_url).set(drivername="postgresql+psycopg")), "dbos"
+            url = sa.make_url(database_url).set(drivername="postgresql+psycopg")
+            options = {"pool_pre_ping": True, "pool_size": 4, "max_overflow": 4} if shared else {}
+            engine, schema = sa.create_engine(url, **options), "dbos"
         owned = True
         try:
             # Decisions are sent with the serializer the workers read (typed JSON unless DBOS_PYDANTIC_AI_SERIALIZER).
@@ -224,8 +235,9 @@ def _pending_from_state(state: dict[str, Any], recorded: dict[str, Any]) -> list
 class ApprovalInbox:
     """The decision side on one connection that stays open: for a console, a bot or a service that decides often.
 
-    The module's functions (`list_pending_approvals`, `approve`, ...) open a connection per call; an inbox keeps one
-    until `close()` (or the end of its `with` block). Its methods take the same arguments and refuse the same way.
+    The module's functions (`list_pending_approvals`, `approve`, ...) share a connection per database URL that the
+    process keeps (a few URLs at most); an inbox has its own until `close()` (or the end of its `with` block). Its
+    methods take the same arguments and refuse the same way.
     Safe to share between threads.
 
     Args:
@@ -237,6 +249,13 @@ class ApprovalInbox:
 
     def __init__(self, database_url: str | None = None, *, trust_pickle: bool = False) -> None:
         self._connection = _open(database_url, trust_pickle=trust_pickle)
+
+    @classmethod
+    def _kept(cls, database_url: str) -> ApprovalInbox:
+        """An inbox that the module's functions keep open between calls (see `_SharedInboxes`)."""
+        inbox = cls.__new__(cls)
+        inbox._connection = _open(database_url, shared=True)
+        return inbox
 
     def __enter__(self) -> ApprovalInbox:
         return self
@@ -288,6 +307,37 @@ class ApprovalInbox:
         )
 
 
+class _SharedInboxes:
+    """The inboxes the module's functions decide with: one per database URL, kept open between calls.
+
+    A `DBOSClient` and a connection pool per call made each decision pay for connecting and for setting up a
+    client (about 30 ms); kept, a decision costs its few round trips. At most `size` URLs are kept, per process (a
+    forked child opens its own); the least recently used is dropped, not closed, so that a call still using it
+    finishes: its connections close when it is garbage-collected.
+    """
+
+    def __init__(self, size: int = 4) -> None:
+        self._size = size
+        self._inboxes: dict[tuple[int, str, str | None], ApprovalInbox] = {}
+        self._lock = threading.Lock()
+
+    def get(self, database_url: str | None) -> ApprovalInbox:
+        if database_url is None:
+            return ApprovalInbox()  # the launched DBOS's client and engine, kept by DBOS already
+        key = (os.getpid(), database_url, os.environ.get(SERIALIZER_ENV))  # decisions are written with it
+        with self._lock:
+            inbox = self._inboxes.pop(key, None)
+            if inbox is None:
+                inbox = ApprovalInbox._kept(database_url)
+            self._inboxes[key] = inbox  # the most recently used last
+            while len(self._inboxes) > self._size:
+                del self._inboxes[next(iter(self._inboxes))]
+        return inbox
+
+
+_shared_inboxes = _SharedInboxes()
+
+
 def list_pending_approvals(
     *,
     agent_name: str | None = None,
@@ -303,8 +353,10 @@ def list_pending_approvals(
         database_url: The workers' system database; None uses the DBOS launched in this process.
         trust_pickle: Also list runs whose published calls are stored as pickle (see `ApprovalInbox`).
     """
-    with ApprovalInbox(database_url, trust_pickle=trust_pickle) as inbox:
-        return inbox.list_pending(agent_name=agent_name, workflow_id=workflow_id)
+    if trust_pickle:  # rare, and not what the kept inboxes read with
+        with ApprovalInbox(database_url, trust_pickle=True) as inbox:
+            return inbox.list_pending(agent_name=agent_name, workflow_id=workflow_id)
+    return _shared_inboxes.get(database_url).list_pending(agent_name=agent_name, workflow_id=workflow_id)
 
 
 def _list_pending(connection: _Connection, *, agent_name: str | None, workflow_id: str | None) -> list[PendingApproval]:
@@ -353,24 +405,17 @@ def _decide(
             f"Run {workflow_id!r} is not waiting for tool call {tool_call_id!r} (it waits for {waiting_for})."
         )
     wait_id: int = state["wait_id"]
-    row = _recorded_decisions(connection, workflow_id, wait_id).get(tool_call_id)
+    refusal = _refusal(workflow_id, entry, state, args_digest, decision)
+    # An accepted decision needs no read of the table first: the insert below is the check, and its conflict says
+    # who was first. A refused one reads the call's row, so that "already decided" (or "timed out") comes first.
+    row = _recorded_decisions(connection, workflow_id, wait_id).get(tool_call_id) if refusal is not None else None
     decided = row["decision"] if row is not None else state["decided"].get(tool_call_id, {}).get("decision")
     if decided == TIMED_OUT:
         raise ApprovalRejected(_too_late(workflow_id, entry, state["deadline"], timed_out=True))
     if decided is not None:
         raise ApprovalRejected(f"Tool call {tool_call_id!r} of run {workflow_id!r} was already decided.")
-    if _expired(state):
-        raise ApprovalRejected(_too_late(workflow_id, entry, state["deadline"], timed_out=False))
-    if args_digest != entry["args_digest"]:
-        raise ApprovalRejected(
-            f"The arguments of tool call {tool_call_id!r} are not the ones this decision was made on "
-            f"(digest {args_digest!r}, pending {entry['args_digest']!r}). List the pending approvals again "
-            "and decide on what they show."
-        )
-    if (entry["kind"] == "approval") != (decision in ("approve", "deny")):
-        approval = entry["kind"] == "approval"
-        wanted = "an approval: use approve() or deny()" if approval else "a result: use deliver_result()"
-        raise ApprovalRejected(f"Tool call {tool_call_id!r} ({entry['tool_name']}) waits for {wanted}.")
+    if refusal is not None:
+        raise ApprovalRejected(refusal)
     decided_at = time.time()
     message = {
         "wait_id": wait_id,
@@ -412,6 +457,26 @@ def _decide(
         raise ApprovalRejected(f"Tool call {tool_call_id!r} of run {workflow_id!r} was already decided.") from None
 
 
+def _refusal(
+    workflow_id: str, entry: dict[str, Any], state: dict[str, Any], args_digest: str, decision: str
+) -> str | None:
+    """Why a decision on a call not yet decided is refused (past the deadline, stale arguments, wrong kind), or None."""
+    tool_call_id = entry["tool_call_id"]
+    if _expired(state):
+        return _too_late(workflow_id, entry, state["deadline"], timed_out=False)
+    if args_digest != entry["args_digest"]:
+        return (
+            f"The arguments of tool call {tool_call_id!r} are not the ones this decision was made on "
+            f"(digest {args_digest!r}, pending {entry['args_digest']!r}). List the pending approvals again "
+            "and decide on what they show."
+        )
+    if (entry["kind"] == "approval") != (decision in ("approve", "deny")):
+        approval = entry["kind"] == "approval"
+        wanted = "an approval: use approve() or deny()" if approval else "a result: use deliver_result()"
+        return f"Tool call {tool_call_id!r} ({entry['tool_name']}) waits for {wanted}."
+    return None
+
+
 def _too_late(workflow_id: str, entry: dict[str, Any], deadline: float | None, *, timed_out: bool) -> str:
     """Why a decision after the deadline is refused, naming the deadline."""
     when = _utc(deadline)
@@ -442,8 +507,9 @@ def approve(
     decided, an `args_digest` that is not the pending call's, or a call whose deadline has passed (the
     message names it). Once it returns, the run carries the decision out, even at the deadline.
     """
-    with ApprovalInbox(database_url) as inbox:
-        inbox.approve(workflow_id, tool_call_id, args_digest=args_digest, override_args=override_args)
+    _shared_inboxes.get(database_url).approve(
+        workflow_id, tool_call_id, args_digest=args_digest, override_args=override_args
+    )
 
 
 def deny(
@@ -455,8 +521,7 @@ def deny(
     database_url: str | None = None,
 ) -> None:
     """Deny a pending call; the model is told it was denied, with `reason` when given. Rejections as `approve`."""
-    with ApprovalInbox(database_url) as inbox:
-        inbox.deny(workflow_id, tool_call_id, args_digest=args_digest, reason=reason)
+    _shared_inboxes.get(database_url).deny(workflow_id, tool_call_id, args_digest=args_digest, reason=reason)
 
 
 def deliver_result(
@@ -472,8 +537,7 @@ def deliver_result(
     `result` is what the tool would have returned (any value DBOS can store), or a `ToolReturn`,
     `ToolFailed` or `ModelRetry`, as in `DeferredToolResults.calls`. Rejections as `approve`.
     """
-    with ApprovalInbox(database_url) as inbox:
-        inbox.deliver_result(workflow_id, tool_call_id, args_digest=args_digest, result=result)
+    _shared_inboxes.get(database_url).deliver_result(workflow_id, tool_call_id, args_digest=args_digest, result=result)
 
 
 async def list_pending_approvals_async(
