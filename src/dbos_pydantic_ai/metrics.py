@@ -34,6 +34,7 @@ from .names import (
     MCP_STEP_MARKER,
     MODEL_STEP_SUFFIXES,
     RUN_WORKFLOW_SUFFIXES,
+    library_step_kind,
 )
 
 if TYPE_CHECKING:
@@ -56,19 +57,6 @@ def _agent_of_run(workflow_name: str) -> str | None:
     for suffix in RUN_WORKFLOW_SUFFIXES:
         if workflow_name.endswith(suffix):
             return workflow_name[: -len(suffix)]
-    return None
-
-
-def _step_kind(name: str) -> str | None:
-    """The kind of one of this library's steps, by its name (names.py), or None for any other step."""
-    if name.endswith(MODEL_STEP_SUFFIXES):
-        return "model"
-    if MCP_STEP_MARKER in name:
-        return "mcp"
-    if DURABLE_TOOL_STEP_MARKER in name:
-        return "tool"
-    if APPROVALS_STEP_MARKER in name:
-        return "wait"
     return None
 
 
@@ -176,7 +164,7 @@ class RunMetrics:
             ]
             outputs = self._model_outputs(connection, model_keys)
         for row in new:
-            kind = _step_kind(row.function_name)
+            kind = library_step_kind(row.function_name)
             if kind is None:
                 continue
             agent = _agent_of_step(row.function_name)

@@ -29,6 +29,7 @@ __all__ = [
     "approvals_wait_step",
     "decision_idempotency_key",
     "durable_tool_step",
+    "library_step_kind",
     "mcp_step_prefix",
     "model_request_step",
     "model_request_stream_step",
@@ -102,6 +103,19 @@ MODEL_STEP_SUFFIXES = ("__model.request", "__model.request_stream")
 MCP_STEP_MARKER = "__mcp_server__"
 DURABLE_TOOL_STEP_MARKER = "__tool."
 APPROVALS_STEP_MARKER = "__approvals."
+
+
+def library_step_kind(name: str) -> str | None:
+    """The kind of one of this library's steps by its name: model, mcp, tool or wait; None for any other step."""
+    if name.endswith(MODEL_STEP_SUFFIXES):
+        return "model"
+    if MCP_STEP_MARKER in name:
+        return "mcp"
+    if DURABLE_TOOL_STEP_MARKER in name:
+        return "tool"
+    if APPROVALS_STEP_MARKER in name:
+        return "wait"
+    return None
 
 
 # --- Events, messages, streams, tables ------------------------------------------------------------

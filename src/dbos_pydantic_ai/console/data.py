@@ -43,14 +43,7 @@ from .._safe_read import safe_get_event, safe_list_workflow_steps, safe_list_wor
 from .._serialization import serializer_for
 from ..approvals import ApprovalInbox
 from ..config import _sqlite_path, system_database_error
-from ..names import (
-    APPROVALS_STEP_MARKER,
-    DURABLE_TOOL_STEP_MARKER,
-    MCP_STEP_MARKER,
-    MODEL_STEP_SUFFIXES,
-    RETRY_EVENT,
-    RUN_WORKFLOW_SUFFIXES,
-)
+from ..names import MODEL_STEP_SUFFIXES, RETRY_EVENT, RUN_WORKFLOW_SUFFIXES, library_step_kind
 from ..retries import FailedAttempt
 
 __all__ = ["RUN_SUFFIXES", "STATUSES", "ConsoleData", "InvalidCursor", "RunNotFound"]
@@ -186,13 +179,10 @@ def model_cost(response: ModelResponse) -> float | None:
 
 def step_kind(name: str, child_workflow_id: str | None) -> str:
     """How the timeline groups a step: model, tool, mcp, wait, child or other."""
-    if name.endswith(MODEL_STEP_SUFFIXES):
-        return "model"
-    if MCP_STEP_MARKER in name:
-        return "mcp"
-    if DURABLE_TOOL_STEP_MARKER in name:
-        return "tool"
-    if name in _WAIT_STEPS or APPROVALS_STEP_MARKER in name:
+    kind = library_step_kind(name)
+    if kind is not None:
+        return kind
+    if name in _WAIT_STEPS:
         return "wait"
     if child_workflow_id is not None:
         return "child"
