@@ -8,6 +8,8 @@ Locally, its tests are skipped with a reason when no server answers; under CI (`
 from __future__ import annotations
 
 import os
+import sys
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -93,3 +95,29 @@ def launch_dbos(database_url: str) -> Iterator[Callable[[], None]]:
 def run_mode(request: pytest.FixtureRequest) -> RunMode:
     """`await agent.run()` or `agent.run_sync()` (run it with `run_modes.run_in_mode`)."""
     return request.param
+
+
+# --- Ending the session ----------------------------------------------------------------------------------------
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    session.config.stash[_EXIT_STATUS] = int(exitstatus)
+
+
+_EXIT_STATUS = pytest.StashKey[int]()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """End the process once pytest is done, even if a DBOS workflow thread is still alive.
+
+    `DBOS.destroy()` leaves sync workflow threads running (dbos-3.4-notes.md). A run a test left waiting (a durable
+    retry, an approval) whose database the test then dropped retries its connection forever on a thread of DBOS's
+    executor, and the interpreter waits for that thread at exit: the suite would report and then hang. Only such
+    leftover threads make this exit early; the report and the exit status are pytest's own.
+    """
+    leftovers = [t for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon and t.is_alive()]
+    if leftovers and _EXIT_STATUS in config.stash:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(config.stash[_EXIT_STATUS])

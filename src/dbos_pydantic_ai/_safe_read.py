@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import pickle
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 
@@ -129,6 +130,21 @@ def _is_close_marker(text: str | None, serialization: str | None) -> bool:
     return value == "__DBOS_STREAM_CLOSED__"
 
 
+T = TypeVar("T")
+
+
+async def _read_to_the_end(read: asyncio.Future[T]) -> T:
+    """`await read` (a read in a thread); if cancelled meanwhile, still wait for the thread to finish before
+    propagating: it holds a pooled connection, and the caller closes the client's pool right after. A pool disposed
+    under a read that has not checked out its connection yet would open one that nobody closes."""
+    try:
+        return await asyncio.shield(read)
+    except asyncio.CancelledError:
+        with contextlib.suppress(BaseException):
+            await read
+        raise
+
+
 async def safe_read_stream(
     client: Any, workflow_id: str, key: str, *, polling_interval_sec: float, trust_pickle: bool = False
 ) -> AsyncIterator[Any]:
@@ -148,7 +164,11 @@ async def safe_read_stream(
         final_read = False
         while True:
             wakeup.event.clear()  # before reading: a write after the read leaves it set and the wait returns at once
-            status, values = await asyncio.to_thread(read_stream_rows, client, workflow_id, key, offset, _STREAM_BATCH)
+            status, values = await _read_to_the_end(
+                asyncio.ensure_future(
+                    asyncio.to_thread(read_stream_rows, client, workflow_id, key, offset, _STREAM_BATCH)
+                )
+            )
             if status is None:
                 raise dbos_error.DBOSNonExistentWorkflowError("target", workflow_id)
             if values:
