@@ -19,6 +19,7 @@ should not also serve plain runs on another loop at the same time (see docs/limi
 from __future__ import annotations
 
 import asyncio
+import sys
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
@@ -33,7 +34,9 @@ _lock = threading.Lock()
 _loop: asyncio.AbstractEventLoop | None = None
 # The loop's own pool for blocking calls (DNS lookups, ...). DBOS points the default executor of every loop it works
 # on at its own pool, which a `DBOS.destroy()` shuts down; the loop outlives DBOS, so each hop points it back here.
-_executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="dbos-pydantic-ai durable loop")
+# DBOS's own blocking database calls of runs on this loop can land here too, so it is as unbounded as DBOS's pool:
+# with a few threads, a few calls retrying through a database outage would stall every run of the process.
+_executor = ThreadPoolExecutor(max_workers=sys.maxsize, thread_name_prefix="dbos-pydantic-ai durable loop")
 
 
 def durable_loop() -> asyncio.AbstractEventLoop:
