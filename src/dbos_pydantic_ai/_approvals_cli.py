@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from ._cli_options import DatabaseUrl
+from ._cli_options import DatabaseUrl, TrustPickle
 
 if TYPE_CHECKING:
     from .approvals import PendingApproval
@@ -109,13 +109,7 @@ def list_(
     agent: Annotated[str | None, typer.Option(help="Only runs of this DBOSAgent.")] = None,
     run: Annotated[str | None, typer.Option(help="Only this run (workflow id).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
-    trust_pickle: Annotated[
-        bool,
-        typer.Option(
-            "--trust-pickle",
-            help="Also read runs stored as pickle (unpickling runs code: only for a database you trust).",
-        ),
-    ] = False,
+    trust_pickle: TrustPickle = False,
 ) -> None:
     """List the tool calls that waiting runs need a decision on, oldest first."""
     from .approvals import list_pending_approvals

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-__all__ = ["DatabaseUrl"]
+__all__ = ["DatabaseUrl", "TrustPickle"]
 
 DatabaseUrl = Annotated[
     str,
@@ -17,3 +17,12 @@ DatabaseUrl = Annotated[
     ),
 ]
 """The workers' system database, required (from the flag or `DBOS_SYSTEM_DATABASE_URL`)."""
+
+TrustPickle = Annotated[
+    bool,
+    typer.Option(
+        "--trust-pickle",
+        help="Also read and show values stored as pickle (unpickling runs code: only for a database you trust).",
+    ),
+]
+"""Readers never unpickle unless told to (see docs/serialization.md); default False."""

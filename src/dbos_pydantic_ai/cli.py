@@ -16,6 +16,7 @@ import typer
 from rich.console import Console
 
 from ._approvals_cli import approvals_app
+from ._cli_options import TrustPickle
 from ._runs_cli import runs_app
 from ._worker_cli import worker_command
 
@@ -125,13 +126,7 @@ def tail(
     from_offset: Annotated[
         int, typer.Option(min=0, help="Continue after this offset (printed when you interrupt tail).")
     ] = 0,
-    trust_pickle: Annotated[
-        bool,
-        typer.Option(
-            "--trust-pickle",
-            help="Show events stored as pickle (unpickling runs code: only for a database you trust).",
-        ),
-    ] = False,
+    trust_pickle: TrustPickle = False,
 ) -> None:
     """Print a run's events live (agents with stream_events=True): text as it arrives, tool calls as they happen."""
     import asyncio
@@ -286,13 +281,7 @@ def console_command(
         int,
         typer.Option(min=1, help="Live outputs served at once (they share a few database connections); more get 503."),
     ] = 32,
-    trust_pickle: Annotated[
-        bool,
-        typer.Option(
-            "--trust-pickle",
-            help="Show values stored as pickle (unpickling runs code: only for a database you trust).",
-        ),
-    ] = False,
+    trust_pickle: TrustPickle = False,
     trace_url: Annotated[
         str | None,
         typer.Option(
