@@ -44,7 +44,7 @@ from ._approval_table import TIMED_OUT, create_decisions_table, decisions_table,
 from ._compat import dbos_launched, launched_system_database
 from ._safe_read import safe_get_event
 from ._serialization import SERIALIZER_ENV, serializer_for
-from .config import _sqlite_path, system_database_error
+from .config import _sqlite_path, system_database_error, system_engine
 from .names import (
     APPROVALS_EVENT,
     DECISION_TOPIC,
@@ -123,19 +123,6 @@ class _Connection:
             self.engine.dispose()
 
 
-def _sqlite_engine(url: str, **options: Any) -> sa.Engine:
-    engine = sa.create_engine(url, **options)
-
-    @sa.event.listens_for(engine, "connect")
-    def configure(dbapi_connection: Any, connection_record: Any) -> None:
-        # As DBOS configures its own SQLite connections: writers take the lock up front and wait for it.
-        dbapi_connection.isolation_level = "IMMEDIATE"
-        dbapi_connection.execute("PRAGMA busy_timeout=30000")
-        dbapi_connection.execute("PRAGMA foreign_keys=ON")
-
-    return engine
-
-
 _launched_clients: weakref.WeakKeyDictionary[Any, DBOSClient] = weakref.WeakKeyDictionary()
 
 
@@ -162,15 +149,13 @@ def _open(database_url: str | None, *, trust_pickle: bool = False, shared: bool 
             _launched_clients[sys_db.key] = client
     else:
         sqlite_file = _sqlite_path(database_url)
-        if sqlite_file is not None:
-            if not sqlite_file.exists():
-                raise UserError(system_database_error(database_url, FileNotFoundError(str(sqlite_file))))
-            options: dict[str, Any] = {"poolclass": sa.pool.NullPool} if shared else {}
-            engine, schema = _sqlite_engine(database_url, **options), None
-        else:
-            url = sa.make_url(database_url).set(drivername="postgresql+psycopg")
-            options = {"pool_pre_ping": True, "pool_size": 4, "max_overflow": 4} if shared else {}
-            engine, schema = sa.create_engine(url, **options), "dbos"
+        if sqlite_file is not None and not sqlite_file.exists():
+            raise UserError(system_database_error(database_url, FileNotFoundError(str(sqlite_file))))
+        engine, schema = system_engine(
+            database_url,
+            sqlite={"poolclass": sa.pool.NullPool} if shared else None,
+            postgres={"pool_pre_ping": True, "pool_size": 4, "max_overflow": 4} if shared else None,
+        )
         owned = True
         try:
             # Decisions are sent with the serializer the workers read (typed JSON unless DBOS_PYDANTIC_AI_SERIALIZER).

@@ -93,6 +93,32 @@ def enable_sqlite_wal(url: str) -> None:
     connection.close()
 
 
+def system_engine(
+    url: str, *, sqlite: Mapping[str, Any] | None = None, postgres: Mapping[str, Any] | None = None
+) -> tuple[Any, str | None]:
+    """An engine of ours on the system database at `url`, and the schema DBOS keeps its tables in there.
+
+    PostgreSQL goes through psycopg 3, as DBOS's does, in DBOS's default schema `dbos`. SQLite connections are
+    configured as DBOS configures its own: writers take the lock up front and wait for it. `sqlite` and `postgres`
+    are engine options for that kind of database (a pool of its own, timeouts).
+    """
+    import sqlalchemy as sa
+
+    target = sa.make_url(url)
+    if not target.drivername.startswith("sqlite"):
+        engine = sa.create_engine(target.set(drivername="postgresql+psycopg"), **(postgres or {}))
+        return engine, "dbos"
+    engine = sa.create_engine(target, **(sqlite or {}))
+
+    @sa.event.listens_for(engine, "connect")
+    def configure(dbapi_connection: Any, connection_record: Any) -> None:
+        dbapi_connection.isolation_level = "IMMEDIATE"
+        dbapi_connection.execute("PRAGMA busy_timeout=30000")
+        dbapi_connection.execute("PRAGMA foreign_keys=ON")
+
+    return engine, None
+
+
 def check_database_url(url: str, *, timeout_seconds: float = 5.0) -> None:
     """Raise `DatabaseUnreachableError` unless the database behind `url` can be opened now.
 

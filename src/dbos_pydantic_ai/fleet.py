@@ -35,7 +35,7 @@ import sqlalchemy as sa
 
 from ._compat import dbos_instance, dbos_launched, reenqueue_pending_runs
 from ._fleet_tables import ALIVE, DEAD, STOPPED, FleetTables, create_fleet_tables, db_now
-from .config import redact_url
+from .config import redact_url, system_engine
 
 __all__ = ["FleetMember", "current_member"]
 
@@ -55,18 +55,6 @@ def current_member() -> FleetMember | None:
     """The `FleetMember` started with this process's DBOS, if any (stopped or not)."""
     member = _current
     return member if member is not None and member._dbos is dbos_instance() else None
-
-
-def _engine_for(database_url: str) -> sa.Engine:
-    url = sa.make_url(database_url)
-    if url.drivername in ("postgresql", "postgres"):
-        url = url.set(drivername="postgresql+psycopg")
-    # Its own small pool: a heartbeat must not queue behind a busy worker's step transactions.
-    if url.drivername.startswith("sqlite"):
-        return sa.create_engine(url, connect_args={"timeout": 30})
-    return sa.create_engine(
-        url, pool_size=2, max_overflow=0, pool_pre_ping=True, pool_timeout=10, connect_args={"connect_timeout": 5}
-    )
 
 
 class FleetMember:
@@ -121,10 +109,18 @@ class FleetMember:
         self.queues = tuple(queues)
         self.incarnation = uuid.uuid4().hex
         self._on_fenced = on_fenced or self.exit_fenced
-        self._engine = _engine_for(database_url)
-        if schema is None and self._engine.dialect.name == "postgresql":
-            schema = "dbos"
-        self._tables = FleetTables(schema)
+        # Its own small pool: a heartbeat must not queue behind a busy worker's step transactions.
+        self._engine, default_schema = system_engine(
+            database_url,
+            postgres={
+                "pool_size": 2,
+                "max_overflow": 0,
+                "pool_pre_ping": True,
+                "pool_timeout": 10,
+                "connect_args": {"connect_timeout": 5},
+            },
+        )
+        self._tables = FleetTables(schema if schema is not None else default_schema)
         # Whether a silent worker's lease has surely run out by its own clock when peers see it silent for
         # `dead_after`: its lease ends `margin` earlier than that, counted from before its heartbeat was sent.
         self._margin = min(1.0, self.dead_after / 10)
