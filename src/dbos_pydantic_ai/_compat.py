@@ -35,7 +35,6 @@ __all__ = [
     "client_status_table",
     "client_step_outputs",
     "current_function_id",
-    "dbos_configured",
     "dbos_instance",
     "dbos_launched",
     "dbos_tracing_enabled",
@@ -294,18 +293,11 @@ def mcp_explicit_id(toolset: Any) -> str | None:
 
 def dbos_instance() -> object | None:
     """This process's DBOS instance, or None: a new one after `DBOS.destroy()` and a new `DBOS(config=...)`. A fleet
-    lease belongs to the DBOS it was started with (a test process launches many)."""
+    lease belongs to the DBOS it was started with (a test process launches many). Not None also means `DBOS(config=)`
+    was called: DBOS keeps the first config of a process, so the worker refuses a module that configured DBOS."""
     from dbos._dbos import _dbos_global_instance
 
     return _dbos_global_instance
-
-
-def dbos_configured() -> bool:
-    """Whether `DBOS(config=...)` has already been called in this process (launched or not). DBOS keeps the first
-    config of the process and silently ignores a second one, so the worker refuses a module that configured DBOS."""
-    from dbos._dbos import _dbos_global_instance
-
-    return _dbos_global_instance is not None
 
 
 def stop_dequeuing(join_timeout: float = 15.0) -> None:

@@ -161,7 +161,7 @@ def import_agent_modules(modules: Sequence[str]) -> list[str]:
     of the `DBOSAgent`s they created. Raises `WorkerConfigError` naming the module and the cause when one cannot be
     imported, or when one configured or launched DBOS itself (the worker must do it, with the fleet's settings)."""
     from . import agent as agent_module
-    from ._compat import dbos_configured, dbos_launched
+    from ._compat import dbos_instance, dbos_launched
 
     cwd = os.getcwd()
     if cwd not in sys.path and "" not in sys.path:
@@ -169,7 +169,7 @@ def import_agent_modules(modules: Sequence[str]) -> list[str]:
     before = set(agent_module._registered_names)
     for module in modules:
         _check_module_name(module)
-        if dbos_configured():
+        if dbos_instance() is not None:
             raise _configured_dbos_error(module, dbos_launched(), before_import=True)
         try:
             importlib.import_module(module)
@@ -177,7 +177,7 @@ def import_agent_modules(modules: Sequence[str]) -> list[str]:
             if isinstance(error, KeyboardInterrupt):
                 raise
             raise WorkerConfigError(_import_error_message(module, error, cwd)) from error
-        if dbos_configured():
+        if dbos_instance() is not None:
             raise _configured_dbos_error(module, dbos_launched(), before_import=False)
     return sorted(set(agent_module._registered_names) - before)
 
