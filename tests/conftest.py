@@ -108,15 +108,17 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 _EXIT_STATUS = pytest.StashKey[int]()
 
 
+@pytest.hookimpl(trylast=True)
 def pytest_unconfigure(config: pytest.Config) -> None:
     """End the process once pytest is done, even if a DBOS workflow thread is still alive.
 
     `DBOS.destroy()` leaves sync workflow threads running (dbos-3.4-notes.md). A run a test left waiting (a durable
     retry, an approval) whose database the test then dropped retries its connection forever on a thread of DBOS's
-    executor, and the interpreter waits for that thread at exit: the suite would report and then hang. Only such
-    leftover threads make this exit early; the report and the exit status are pytest's own.
+    executor, and the interpreter joins every executor thread at exit, daemon or not (a thread started from a daemon
+    thread is one): the suite would report and then hang (it did in CI, for 60 minutes). Only such leftover threads
+    make this exit early; the report and the exit status are pytest's own.
     """
-    leftovers = [t for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon and t.is_alive()]
+    leftovers = [t for t in threading.enumerate() if t is not threading.main_thread() and t.is_alive()]
     if leftovers and _EXIT_STATUS in config.stash:
         sys.stdout.flush()
         sys.stderr.flush()
