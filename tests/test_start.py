@@ -148,6 +148,24 @@ async def test_a_started_run_outlives_the_callers_event_loop(agent_name: str, la
     assert (await RunHandle(workflow_id).result()).output == "done: slow"
 
 
+async def test_started_runs_wait_without_a_thread_each(agent_name: str, launch_dbos: Callable[[], None]) -> None:
+    """start() makes the run a task on DBOS's event loop, as a dequeued run is: twenty runs held at their model request
+    do not hold twenty threads (`DBOS.start_workflow` gave every async run an executor thread for its whole life)."""
+    prompts = [f"held {index}" for index in range(20)]
+    model = GatedModel(gates={prompt: threading.Event() for prompt in prompts})
+    durable = make_agent(agent_name, model)
+    launch_dbos()
+    assert (await (await durable.start("warm-up")).result()).output == "done: warm-up"
+
+    before = threading.active_count()
+    handles = [await durable.start(prompt) for prompt in prompts]
+    await until(lambda: len(model.started) == 1 + len(prompts), "every run to reach its model request")
+    added = threading.active_count() - before
+    model.release_all()
+    assert [(await handle.result()).output for handle in handles] == [f"done: {prompt}" for prompt in prompts]
+    assert added < len(prompts) // 2, f"{added} more threads while {len(prompts)} started runs wait"
+
+
 def test_start_sync_on_a_queue(agent_name: str, launch_dbos: Callable[[], None]) -> None:
     """start_sync(queue=...) enqueues the run workflow; a listening worker (this process) runs it."""
     model = GatedModel()

@@ -144,6 +144,24 @@ async def test_durable_run_with_a_durable_tool_is_one_marked_trace(
     assert stored["trace_id"] == root["trace_id"] and stored["span_id"] == root["span_id"]
 
 
+async def test_a_started_run_is_a_child_of_the_callers_span(agent_name: str, launch_traced: Callable[[], None]) -> None:
+    """start() and start_sync() hand the run to DBOS's event loop with the caller's context: the run's trace
+    continues the span the caller was in, as `run()` does."""
+    durable = DBOSAgent(Agent(TestModel(custom_output_text="done"), name=agent_name))
+    launch_traced()
+    tracer = trace.get_tracer("test")
+    with tracer.start_as_current_span("request from async code") as caller:
+        handle = await durable.start("go", workflow_id="wf-started")
+    with tracer.start_as_current_span("request from sync code") as sync_caller:
+        sync_handle = await asyncio.to_thread(durable.start_sync, "go", workflow_id="wf-started-sync")
+    assert (await handle.result()).output == (await sync_handle.result()).output == "done"
+
+    for workflow_id, span in [("wf-started", caller), ("wf-started-sync", sync_caller)]:
+        root = one_trace(spans_of(workflow_id))
+        assert root["trace_id"] == f"{span.get_span_context().trace_id:032x}"
+        assert root["parent_id"] == f"{span.get_span_context().span_id:016x}"
+
+
 async def test_replayed_steps_are_marked_and_the_model_is_not_called_again(
     agent_name: str, launch_traced: Callable[[], None]
 ) -> None:

@@ -9,7 +9,7 @@ pydantic-ai's `UNSET` marker, which a signature needs at import time, and DBOS's
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -46,6 +46,7 @@ __all__ = [
     "read_stream_rows",
     "recovery_attempts",
     "reenqueue_pending_runs",
+    "run_on_dbos_loop",
     "stop_dequeuing",
     "stream_offset_of_step",
     "stream_wakeup",
@@ -330,3 +331,26 @@ def active_workflow_ids() -> list[str]:
         return []
     ids: list[str] = _dbos_global_instance._active_workflows_set.activeList()
     return ids
+
+
+def run_on_dbos_loop(make: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    """Run the coroutine `make()` on DBOS's own event loop, in the caller's context (contextvars: DBOS's context, an
+    OpenTelemetry span), and block until it returns. Call it from a thread, never from DBOS's loop.
+
+    Started there, an async workflow is a task on that loop, as a dequeued or recovered run is. `DBOS.start_workflow`
+    instead gives every async workflow an executor thread that blocks for the run's whole life, waiting for a human
+    included: one OS thread and about 36 KB per waiting run (bench/README.md, "Runs waiting for a human"). DBOS
+    exposes its loop only as the private `_background_event_loop`.
+    """
+    import asyncio
+    import contextvars
+
+    from dbos._dbos import _get_dbos_instance
+
+    context = contextvars.copy_context()
+
+    async def in_callers_context() -> T:
+        return await asyncio.create_task(context.run(make), context=context)
+
+    result: T = _get_dbos_instance()._background_event_loop.submit_coroutine(in_callers_context())
+    return result

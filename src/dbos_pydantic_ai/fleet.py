@@ -48,6 +48,10 @@ _SWEEP_WINDOW_SECONDS = 3600.0
 handed back when it stops or is taken over; this sweep only catches a hand-off cut short (a taker that died
 half-way), and the window keeps every heartbeat from querying each worker that ever left."""
 
+FORGET_AFTER_SECONDS = 7 * 24 * 3600.0
+"""How long a stopped or dead worker's row stays in the workers table (and the console's Workers view) by default.
+Workers with a new id per start (a Deployment) would otherwise leave a row each, forever. Takeovers stay."""
+
 _current: FleetMember | None = None
 
 
@@ -75,6 +79,8 @@ class FleetMember:
         schema: The DBOS system schema; default `dbos` on PostgreSQL, none on SQLite.
         on_fenced: Called once, from the heartbeat thread, when this worker learns it was fenced. Default: hand
             back the runs it still holds, log an error and exit the process with status 3.
+        forget_after: Seconds after which the row of a worker that stopped or was declared dead is deleted (by
+            any live worker); default a week. Its takeovers stay recorded.
     """
 
     def __init__(
@@ -88,6 +94,7 @@ class FleetMember:
         queues: Sequence[str] = (),
         schema: str | None = None,
         on_fenced: Callable[[], None] | None = None,
+        forget_after: float = FORGET_AFTER_SECONDS,
     ) -> None:
         if not executor_id:
             raise ValueError("FleetMember needs an executor_id: a unique, stable name for this worker.")
@@ -101,8 +108,14 @@ class FleetMember:
                 f"heartbeat_interval ({interval!r} s) must be positive and under half of dead_after ({dead_after} s), "
                 "so that one late heartbeat does not get a live worker declared dead."
             )
+        if forget_after <= _SWEEP_WINDOW_SECONDS:
+            raise ValueError(
+                f"forget_after ({forget_after!r} s) must be longer than an hour ({_SWEEP_WINDOW_SECONDS:.0f} s): a "
+                "departed worker's row is how its leftover runs are found during that hour."
+            )
         self.database_url = database_url
         self.executor_id = executor_id
+        self.forget_after = float(forget_after)
         self.app_version = app_version
         self.dead_after = float(dead_after)
         self.heartbeat_interval = float(interval)
@@ -358,8 +371,9 @@ class FleetMember:
             self._fenced = True
 
     def _take_over_silent_peers(self) -> None:
-        """Declare dead the peers of this version silent past their `dead_after`, then move the PENDING runs of
-        every peer that is dead or stopped (and not claimed by a live taker) back to their queues."""
+        """Declare dead the peers of this version silent past their `dead_after`, forget the workers that left more
+        than `forget_after` ago, then move the PENDING runs of every peer that is dead or stopped (and not claimed by
+        a live taker) back to their queues."""
         workers = self._tables.workers
         now = db_now(self._engine)
         with self._engine.begin() as connection:
@@ -372,6 +386,14 @@ class FleetMember:
                     workers.c.heartbeat_at < now - workers.c.dead_after,
                 )
                 .values(state=DEAD, taken_over_by=self.executor_id, taken_over_at=now)
+            )
+            connection.execute(
+                sa.delete(workers).where(
+                    sa.or_(
+                        sa.and_(workers.c.state == STOPPED, workers.c.stopped_at < now - self.forget_after),
+                        sa.and_(workers.c.state == DEAD, workers.c.taken_over_at < now - self.forget_after),
+                    )
+                )
             )
             live_takers = sa.select(workers.c.executor_id).where(
                 workers.c.state == ALIVE, workers.c.heartbeat_at >= now - workers.c.dead_after

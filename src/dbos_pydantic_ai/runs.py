@@ -24,7 +24,7 @@ from dbos import error as dbos_error
 from pydantic_ai.exceptions import UserError
 from pydantic_ai.run import AgentRunResult
 
-from ._compat import dbos_launched
+from ._compat import dbos_launched, run_on_dbos_loop
 from ._serialization import ensure_serializable, serializer_for
 from ._steps import in_workflow
 from .exceptions import DatabaseUnreachableError, RunAlreadyActiveError
@@ -120,29 +120,38 @@ def _active_holder(workflows: list[WorkflowStatus], deduplication_id: str) -> st
 # --- Starting in a process that defines the agent -------------------------------------------------
 
 
-def start_here(workflow: Callable[..., Any], user_prompt: Any, inputs: dict[str, Any], options: StartOptions) -> str:
+def start_here(
+    workflow: Callable[..., Coroutine[Any, Any, Any]], user_prompt: Any, inputs: dict[str, Any], options: StartOptions
+) -> str:
     """Start (or enqueue) `workflow`; return its id. Blocking: call it from a thread, not an event loop.
 
-    Outside a workflow the run is started with a known id and DBOS's 'return-existing' deduplication policy: a
-    start that collides gets the active run's id back atomically, and nothing is written for it.
+    Outside a workflow the run is started with a known id. Started at once, it becomes a task on DBOS's own event
+    loop (`_compat.run_on_dbos_loop`): it outlives the caller's loop and holds no thread while it waits. Enqueued, it
+    uses DBOS's 'return-existing' deduplication policy: a start that collides gets the active run's id back
+    atomically, and nothing is written for it.
     """
     if in_workflow():
         return _start_child_sync(workflow, user_prompt, inputs, options)
     wanted = options.workflow_id or str(uuid.uuid4())
-    with SetWorkflowID(wanted):
-        if options.queue is None:
-            handle = DBOS.start_workflow(workflow, user_prompt, **inputs)
-        else:
-            if DBOS.retrieve_queue(options.queue) is None:
-                raise _unknown_queue(options.queue, "start")
-            dedup = options.deduplication_id
-            with SetEnqueueOptions(
-                deduplication_id=dedup,
-                priority=options.priority,
-                duplication_policy="return-existing" if dedup is not None else None,
-            ):
-                handle = DBOS.enqueue_workflow(options.queue, workflow, user_prompt, **inputs)
-    started: str = handle.get_workflow_id()
+    if options.queue is None:
+
+        async def start_on_dbos_loop() -> str:
+            with SetWorkflowID(wanted):
+                return (await DBOS.start_workflow_async(workflow, user_prompt, **inputs)).get_workflow_id()
+
+        return run_on_dbos_loop(start_on_dbos_loop)
+    if DBOS.retrieve_queue(options.queue) is None:
+        raise _unknown_queue(options.queue, "start")
+    dedup = options.deduplication_id
+    with (
+        SetWorkflowID(wanted),
+        SetEnqueueOptions(
+            deduplication_id=dedup,
+            priority=options.priority,
+            duplication_policy="return-existing" if dedup is not None else None,
+        ),
+    ):
+        started: str = DBOS.enqueue_workflow(options.queue, workflow, user_prompt, **inputs).get_workflow_id()
     if started != wanted:
         raise _already_active(options, started)
     return started
