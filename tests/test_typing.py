@@ -13,6 +13,9 @@ import pytest
 SAMPLE = Path(__file__).parent / "typing" / "dbos_agent_types.py"
 PACKAGE = Path(__file__).parents[1] / "src" / "dbos_pydantic_ai"
 
+# mypy on pydantic-ai takes 40 s alone and 90 s beside three other pytest workers: above the suite's default 120 s.
+pytestmark = pytest.mark.timeout(300)
+
 
 @pytest.fixture(scope="module")
 def mypy_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
