@@ -25,12 +25,12 @@ from pydantic_ai.exceptions import UserError
 from pydantic_ai.run import AgentRunResult
 
 from ._compat import dbos_launched, run_on_dbos_loop
-from ._serialization import ensure_serializable, serializer_for
+from ._serialization import ensure_serializable
 from ._steps import in_workflow
 from .exceptions import DatabaseUnreachableError, RunAlreadyActiveError
 from .names import STREAM_EVENTS_INPUT
 from .names import run_workflow as run_workflow_name
-from .streams import DEFAULT_POLLING_INTERVAL_SEC, DurableStreamEvent, _open_client, read_events
+from .streams import DEFAULT_POLLING_INTERVAL_SEC, DurableStreamEvent, _open_client, new_client, read_events
 
 __all__ = ["RunHandle", "start_run", "start_run_async"]
 
@@ -236,11 +236,8 @@ def _connect(url: str) -> DBOSClient:
     sqlite_file = _sqlite_path(url)
     if sqlite_file is not None and not sqlite_file.exists():  # DBOSClient would create an empty file
         raise DatabaseUnreachableError(system_database_error(url, FileNotFoundError(str(sqlite_file))))
-    try:
-        # Inputs are written with the serializer the workers read (typed JSON unless DBOS_PYDANTIC_AI_SERIALIZER).
-        return DBOSClient(system_database_url=url, serializer=serializer_for())
-    except Exception as error:
-        raise DatabaseUnreachableError(system_database_error(url, error)) from error
+    # Inputs are written with the serializer the workers read (typed JSON unless DBOS_PYDANTIC_AI_SERIALIZER).
+    return new_client(url)
 
 
 def _enqueue_options(agent_name: str, options: StartOptions, app_version: str | None) -> tuple[str, EnqueueOptions]:

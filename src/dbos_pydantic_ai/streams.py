@@ -329,13 +329,38 @@ def pushes_notifications(url: str) -> bool:
     return not url.startswith("sqlite")
 
 
+def new_client(url: str, *, listen: bool = False) -> DBOSClient:
+    """A connected `DBOSClient` on `url` (blocking), writing with the workers' serializer; `listen`: with DBOS's
+    LISTEN/NOTIFY listener (PostgreSQL). Unreachable: `DatabaseUnreachableError`, with nothing left open.
+
+    The client is made lazy and checked here: one whose first connection fails inside its constructor is never
+    returned, so nobody could close the pool it already opened (seen under heavy load: SQLite handles left open). A
+    client with a listener cannot be lazy: DBOS checks it itself, and the listener connects at once.
+    """
+    from ._serialization import serializer_for
+    from .config import system_database_error
+
+    try:
+        client = DBOSClient(
+            system_database_url=url, serializer=serializer_for(), lazy=not listen, use_listen_notify=listen
+        )
+    except Exception as error:
+        raise DatabaseUnreachableError(system_database_error(url, error)) from error
+    if not listen:
+        try:
+            client.check_connection()
+        except Exception as error:
+            client.destroy()
+            raise DatabaseUnreachableError(system_database_error(url, error)) from error
+    return client
+
+
 async def _open_client(url: str) -> DBOSClient:
     """A `DBOSClient` on `url`, connected in a thread; never left open by a caller cancelled meanwhile.
 
     The thread runs on when the awaiting task is cancelled. Whichever side comes second (the thread
     handing over the client, or the caller giving up) destroys it, under one lock.
     """
-    from ._serialization import serializer_for
     from .config import _sqlite_path, system_database_error
 
     sqlite_file = _sqlite_path(url)
@@ -346,12 +371,7 @@ async def _open_client(url: str) -> DBOSClient:
     handed: list[DBOSClient] = []
 
     def connect() -> DBOSClient:
-        try:
-            client = DBOSClient(
-                system_database_url=url, serializer=serializer_for(), use_listen_notify=pushes_notifications(url)
-            )
-        except Exception as error:
-            raise DatabaseUnreachableError(system_database_error(url, error)) from error
+        client = new_client(url, listen=pushes_notifications(url))
         with lock:
             if not abandoned:
                 handed.append(client)

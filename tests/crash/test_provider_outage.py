@@ -202,7 +202,9 @@ async def test_the_cli_shows_the_retry_state_and_continues_a_run_cancelled_durin
 
     The horizon is far away, so the run is still waiting whenever the (slow to start) CLI looks at it.
     """
-    server = servers(Outage(from_turn=1, phases=(OutagePhase(503, 8),)))
+    # Long enough to outlast two CLI calls beside three other pytest workers (8 s did not, once, in CI).
+    outage_seconds = 20
+    server = servers(Outage(from_turn=1, phases=(OutagePhase(503, outage_seconds),)))
     policy = ModelRetryPolicy(initial_interval_seconds=1.5, max_interval_seconds=2, jitter=0)
     durable, _ = build(server, agent_name, model_retry=policy)
     launch_dbos()
@@ -222,7 +224,7 @@ async def test_the_cli_shows_the_retry_state_and_continues_a_run_cancelled_durin
 
     await DBOS.cancel_workflow_async(workflow_id)
     assert (await DBOS.get_workflow_status_async(workflow_id)).status == "CANCELLED"  # type: ignore[union-attr]
-    await asyncio.sleep(max(0.0, server.stats()[1].failed_at[0] + 8.2 - time.time()))  # the outage is over
+    await asyncio.sleep(max(0.0, server.stats()[1].failed_at[0] + outage_seconds + 0.2 - time.time()))  # it is over
 
     continued = await asyncio.to_thread(cli, "runs", "continue", workflow_id, "--database-url", database_url)
     assert continued.returncode == 0, continued.stderr
