@@ -115,9 +115,9 @@ class FleetMember:
             )
         self.database_url = database_url
         self.executor_id = executor_id
-        self.forget_after = float(forget_after)
         self.app_version = app_version
         self.dead_after = float(dead_after)
+        self.forget_after = float(forget_after)
         self.heartbeat_interval = float(interval)
         self.queues = tuple(queues)
         self.incarnation = uuid.uuid4().hex

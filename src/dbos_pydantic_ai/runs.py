@@ -27,7 +27,7 @@ from pydantic_ai.run import AgentRunResult
 from ._compat import dbos_launched, run_on_dbos_loop
 from ._serialization import ensure_serializable
 from ._steps import in_workflow
-from .exceptions import DatabaseUnreachableError, RunAlreadyActiveError
+from .exceptions import RunAlreadyActiveError
 from .names import STREAM_EVENTS_INPUT
 from .names import run_workflow as run_workflow_name
 from .streams import DEFAULT_POLLING_INTERVAL_SEC, DurableStreamEvent, _open_client, new_client, read_events
@@ -230,16 +230,6 @@ def _check_start_run(agent_name: object, database_url: object, options: StartOpt
     check_start_options(options, caller="start_run")
 
 
-def _connect(url: str) -> DBOSClient:
-    from .config import _sqlite_path, system_database_error
-
-    sqlite_file = _sqlite_path(url)
-    if sqlite_file is not None and not sqlite_file.exists():  # DBOSClient would create an empty file
-        raise DatabaseUnreachableError(system_database_error(url, FileNotFoundError(str(sqlite_file))))
-    # Inputs are written with the serializer the workers read (typed JSON unless DBOS_PYDANTIC_AI_SERIALIZER).
-    return new_client(url)
-
-
 def _enqueue_options(agent_name: str, options: StartOptions, app_version: str | None) -> tuple[str, EnqueueOptions]:
     assert options.queue is not None
     wanted = options.workflow_id or str(uuid.uuid4())
@@ -313,7 +303,7 @@ def start_run(
     options = StartOptions(queue, workflow_id, deduplication_id, priority)
     _check_start_run(agent_name, database_url, options)
     inputs = _client_inputs(user_prompt, run_args, stream_events=stream_events)
-    client = _connect(database_url)
+    client = new_client(database_url)
     try:
         started = _enqueue_with(client, agent_name, user_prompt, inputs, options, app_version)
     finally:
@@ -416,7 +406,7 @@ class RunHandle:
                 polling_interval_sec=self._polling_interval_sec
             )
             return result
-        client = _connect(self.database_url)
+        client = new_client(self.database_url)
         try:
             return client.retrieve_workflow(self.workflow_id).get_result(  # type: ignore[no-any-return]
                 polling_interval_sec=self._polling_interval_sec
@@ -454,7 +444,7 @@ class RunHandle:
             return self._found(
                 DBOS.list_workflows(workflow_ids=[self.workflow_id], load_input=False, load_output=False)
             )
-        client = _connect(self.database_url)
+        client = new_client(self.database_url)
         try:
             return self._found(
                 client.list_workflows(workflow_ids=[self.workflow_id], load_input=False, load_output=False)
@@ -500,7 +490,7 @@ class RunHandle:
             self._check_local()
             DBOS.cancel_workflow(self.workflow_id)
             return
-        client = _connect(self.database_url)
+        client = new_client(self.database_url)
         try:
             client.cancel_workflow(self.workflow_id)
         finally:

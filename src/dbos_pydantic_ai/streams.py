@@ -330,16 +330,20 @@ def pushes_notifications(url: str) -> bool:
 
 
 def new_client(url: str, *, listen: bool = False) -> DBOSClient:
-    """A connected `DBOSClient` on `url` (blocking), writing with the workers' serializer; `listen`: with DBOS's
-    LISTEN/NOTIFY listener (PostgreSQL). Unreachable: `DatabaseUnreachableError`, with nothing left open.
+    """A connected `DBOSClient` on `url` (blocking), writing with the workers' serializer (typed JSON unless
+    DBOS_PYDANTIC_AI_SERIALIZER); `listen`: with DBOS's LISTEN/NOTIFY listener (PostgreSQL). Unreachable, or a SQLite
+    file that does not exist (DBOSClient would create an empty one): `DatabaseUnreachableError`, nothing left open.
 
     The client is made lazy and checked here: one whose first connection fails inside its constructor is never
     returned, so nobody could close the pool it already opened (seen under heavy load: SQLite handles left open). A
     client with a listener cannot be lazy: DBOS checks it itself, and the listener connects at once.
     """
     from ._serialization import serializer_for
-    from .config import system_database_error
+    from .config import _sqlite_path, system_database_error
 
+    sqlite_file = _sqlite_path(url)
+    if sqlite_file is not None and not sqlite_file.exists():  # DBOSClient would create an empty file
+        raise DatabaseUnreachableError(system_database_error(url, FileNotFoundError(str(sqlite_file))))
     try:
         client = DBOSClient(
             system_database_url=url, serializer=serializer_for(), lazy=not listen, use_listen_notify=listen
@@ -361,11 +365,6 @@ async def _open_client(url: str) -> DBOSClient:
     The thread runs on when the awaiting task is cancelled. Whichever side comes second (the thread
     handing over the client, or the caller giving up) destroys it, under one lock.
     """
-    from .config import _sqlite_path, system_database_error
-
-    sqlite_file = _sqlite_path(url)
-    if sqlite_file is not None and not sqlite_file.exists():  # DBOSClient would create an empty file
-        raise DatabaseUnreachableError(system_database_error(url, FileNotFoundError(str(sqlite_file))))
     lock = threading.Lock()
     abandoned = False
     handed: list[DBOSClient] = []
