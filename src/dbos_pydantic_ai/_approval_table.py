@@ -13,7 +13,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from ._compat import LaunchedSystemDatabase, launched_system_database
-from .names import DECISIONS_TABLE
+from .names import DECISIONS_BY_TIME_INDEX, DECISIONS_TABLE
 
 __all__ = ["TIMED_OUT", "create_decisions_table", "decisions_table", "launched_decisions", "wait_rows"]
 
@@ -22,7 +22,7 @@ TIMED_OUT = "timed_out"
 
 
 def decisions_table(schema: str | None) -> sa.Table:
-    return sa.Table(
+    table = sa.Table(
         DECISIONS_TABLE,
         sa.MetaData(schema=schema),
         sa.Column("workflow_id", sa.Text, primary_key=True),
@@ -32,15 +32,23 @@ def decisions_table(schema: str | None) -> sa.Table:
         sa.Column("args_digest", sa.Text, nullable=False),
         sa.Column("decided_at_epoch_ms", sa.BigInteger, nullable=False),
     )
+    sa.Index(DECISIONS_BY_TIME_INDEX, table.c.decided_at_epoch_ms)
+    return table
 
 
 def create_decisions_table(engine: sa.Engine, table: sa.Table) -> None:
     try:
         with engine.begin() as connection:
-            table.create(connection, checkfirst=True)
+            table.create(connection, checkfirst=True)  # with its index
     except (sa.exc.IntegrityError, sa.exc.ProgrammingError, sa.exc.OperationalError):
         # Another process created it at the same time; anything else fails on first use.
         pass
+    for index in table.indexes:  # a table created by an earlier version has no index yet
+        try:
+            with engine.begin() as connection:
+                index.create(connection, checkfirst=True)
+        except (sa.exc.IntegrityError, sa.exc.ProgrammingError, sa.exc.OperationalError):
+            pass
 
 
 _launched_tables: weakref.WeakKeyDictionary[Any, sa.Table] = weakref.WeakKeyDictionary()

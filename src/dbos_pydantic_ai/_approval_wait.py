@@ -6,6 +6,9 @@ on a message only if the decisions table holds its row (checked in a recorded st
 `timed_out` for the calls still open, in a recorded step, with `ON CONFLICT DO NOTHING`: a human decision whose row
 got in first wins and is carried out (its message is already committed), and one that comes second is refused by the
 deciding side (`approvals.py`). So a decision and the timeout never both win.
+
+With `park_after`, a run that has waited that long without a decision leaves memory (`_parking.py`) and is replayed
+to this wait when a decision or its deadline arrives.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from ._approval_table import TIMED_OUT, launched_decisions, wait_rows
 from ._compat import with_dbos_db_retry
+from ._parking import park
 from .approvals import PendingKind, approval_args_digest
 from .names import (
     APPROVALS_EVENT,
@@ -101,13 +105,34 @@ def _unrecorded_problem(message: dict[str, Any], row: dict[str, Any] | None) -> 
     return None
 
 
+async def _receive(wait: float, park_after: float | None) -> tuple[bool, Any]:
+    """`DBOS.recv` of the next decision message; (False, None) when `park_after` seconds pass first.
+
+    The recv is cancelled then, before it consumed anything: its recorded timeout (a sleep step) stays, and the
+    replay after the wake calls the same recv again, which finds the message at once.
+    """
+    if park_after is None or wait <= park_after:
+        return True, await DBOS.recv_async(DECISION_TOPIC, timeout_seconds=wait)
+    receiving = asyncio.ensure_future(DBOS.recv_async(DECISION_TOPIC, timeout_seconds=wait))
+    try:
+        await asyncio.wait({receiving}, timeout=park_after)
+    finally:
+        if not receiving.done():
+            receiving.cancel()
+            await asyncio.wait({receiving})
+    if receiving.cancelled():
+        return False, None
+    return True, receiving.result()  # it returned while being cancelled: use it
+
+
 async def wait_for_decisions(
-    agent_name: str, requests: DeferredToolRequests, *, timeout: float | None
+    agent_name: str, requests: DeferredToolRequests, *, timeout: float | None, park_after: float | None = None
 ) -> DeferredToolResults:
     """Publish `requests`, wait durably until each call is decided (or the timeout passes), return the results.
 
     Runs in workflow code: every DBOS call here is checkpointed, so a recovered run replays the
-    decisions it had received and waits on for the rest.
+    decisions it had received and waits on for the rest. With `park_after`, a wait that lasts that long
+    without a decision raises `RunParked` (see `_parking.py`).
     """
     workflow_id = DBOS.workflow_id
     assert workflow_id is not None, "approvals wait only inside a workflow"
@@ -143,7 +168,9 @@ async def wait_for_decisions(
             wait = _INDEFINITE_WAIT_CHUNK_SECONDS
         else:
             wait = max(0.0, deadline - time.time())
-        message = await DBOS.recv_async(DECISION_TOPIC, timeout_seconds=wait)
+        received, message = await _receive(wait, park_after)
+        if not received:
+            raise park(workflow_id, wait_id, frozenset(pending), deadline if rows_at_deadline is None else None)
         if message is None:
             if deadline is None or rows_at_deadline is not None:
                 continue

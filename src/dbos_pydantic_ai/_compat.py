@@ -51,6 +51,7 @@ __all__ = [
     "stream_offset_of_step",
     "stream_wakeup",
     "system_tables",
+    "wake_parked_runs",
     "with_dbos_db_retry",
 ]
 
@@ -208,6 +209,45 @@ def reenqueue_pending_runs(executor_id: str) -> list[str]:
             if sys_db.reenqueue_for_recovery(pending.workflow_id, [executor_id], INTERNAL_QUEUE_NAME):
                 moved.append(pending.workflow_id)
     return moved
+
+
+def wake_parked_runs(workflow_ids: list[str], executor_id: str) -> list[str]:
+    """Hand parked runs (PENDING, owned by `executor_id`, executing nowhere) back to their queues, and return the ids
+    this call moved: the update of DBOS 3.4's `reenqueue_for_recovery` (`PENDING -> ENQUEUED` guarded by the
+    executor id, on the run's own queue or DBOS's internal one), for many runs in one statement.
+
+    One difference: it takes back one dispatch from `recovery_attempts`, since the queue's dequeue counts one more.
+    A parked run that wakes was not recovered from a failure, and DBOS dead-letters a run after 100 dispatches, which
+    a run deciding a hundred approvals one by one would otherwise reach."""
+    import sqlalchemy as sa
+    from dbos._dbos import _get_dbos_instance
+    from dbos._utils import INTERNAL_QUEUE_NAME
+
+    if not workflow_ids:
+        return []
+    sys_db = _get_dbos_instance()._sys_db
+    status = sys_db.tables.workflow_status
+    update = (
+        sa.update(status)
+        .where(
+            status.c.workflow_uuid.in_(workflow_ids),
+            status.c.status == "PENDING",
+            status.c.executor_id == executor_id,
+        )
+        .values(
+            status="ENQUEUED",
+            owner_xid=None,
+            started_at_epoch_ms=None,
+            updated_at=sys_db._now_ms_sql(),
+            queue_name=sa.func.coalesce(status.c.queue_name, INTERNAL_QUEUE_NAME),
+            recovery_attempts=sa.case(
+                (status.c.recovery_attempts > 0, status.c.recovery_attempts - 1), else_=status.c.recovery_attempts
+            ),
+        )
+        .returning(status.c.workflow_uuid)
+    )
+    with sys_db.engine.begin() as connection:
+        return [row[0] for row in connection.execute(update)]
 
 
 # --- Tracing (tracing.py) ----------------------------------------------------------------------------

@@ -69,6 +69,9 @@ DBOSParallelExecutionMode = Literal["parallel_ordered_events", "sequential"]
 """How a durable run executes the tool calls of one model response. Plain `'parallel'` is not offered:
 it emits events in completion order, which a replay would not reproduce."""
 
+DEFAULT_PARK_AFTER_SECONDS = 30.0
+"""How long a waiting run nobody awaits stays in memory before it parks (`DBOSAgent(park_after=)`)."""
+
 # Agent names registered in this process: each names workflows and steps, so it must be unique.
 _registered_names: set[str] = set()
 
@@ -82,6 +85,8 @@ class _LiveRunArgs:
 
     event_stream_handler: EventStreamHandler[Any] | None = None
     cancellation_token: CancellationToken | None = None
+    # A caller in this process awaits the run (`run()`, `run_sync()`, `run_stream()`): it never parks.
+    awaited: bool = False
 
 
 _NO_LIVE_RUN_ARGS = _LiveRunArgs()
@@ -128,6 +133,18 @@ def _register_declared_types(agent: AbstractAgent[Any, Any]) -> None:
     register_declared_types(*declared)
 
 
+def _park_after_seconds(park_after: float | timedelta | None) -> float | None:
+    if park_after is None:
+        return None
+    seconds = park_after.total_seconds() if isinstance(park_after, timedelta) else park_after
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float) or seconds < 0:
+        raise UserError(
+            f"`park_after` must be a number of seconds (0 or more) or a timedelta, not {park_after!r}; "
+            "pass None to keep waiting runs in memory."
+        )
+    return float(seconds)
+
+
 # --- The per-run capability ---------------------------------------------------------------------
 
 
@@ -145,9 +162,11 @@ class _DurableRun(AbstractCapability[Any]):
         event_stream_handler: EventStreamHandler[Any] | None,
         *,
         run_id: str | None,
+        park_after: float | None = None,
     ) -> None:
         self._agent = agent
         self._run_id = run_id
+        self._park_after = park_after
         self._event_stream_handler = event_stream_handler
         self._models: dict[int, DBOSModel] = {}
         self._tool_order = ToolCallOrder()
@@ -182,7 +201,9 @@ class _DurableRun(AbstractCapability[Any]):
         # With `approvals='wait'` the run waits durably for decisions (see approvals.py) instead of ending.
         if self._agent._approvals != "wait" or not in_workflow():
             return None
-        return await wait_for_decisions(self._agent.name, requests, timeout=self._agent._approval_timeout)
+        return await wait_for_decisions(
+            self._agent.name, requests, timeout=self._agent._approval_timeout, park_after=self._park_after
+        )
 
     def get_wrapper_toolset(self, toolset: AbstractToolset[Any]) -> AbstractToolset[Any] | None:
         return toolset.visit_and_replace(self._wrap_toolset)
@@ -241,6 +262,10 @@ class DBOSAgent(WrapperAgent[AgentDepsT, OutputDataT]):
             durably for decisions made with `approve`, `deny` or `deliver_result` (see docs/approvals.md).
         approval_timeout: With `approvals='wait'`, seconds (or a timedelta) after which the calls
             still pending are denied with a message the model sees. None waits indefinitely.
+        park_after: With `approvals='wait'`, seconds (or a timedelta) of waiting without a decision after which
+            a run that nobody in this process awaits (started with `start()`, dequeued or recovered) leaves
+            memory: its execution ends, recording nothing, and it is replayed to the wait when a decision or its
+            deadline arrives (see docs/approvals.md, "Parked runs"). None keeps every waiting run in memory.
     """
 
     def __init__(
@@ -259,6 +284,7 @@ class DBOSAgent(WrapperAgent[AgentDepsT, OutputDataT]):
         approvals: Literal["end", "wait"] = "end",
         approval_timeout: float | timedelta | None = None,
         model_retry: ModelRetryPolicy | None = DEFAULT_MODEL_RETRY,
+        park_after: float | timedelta | None = DEFAULT_PARK_AFTER_SECONDS,
     ) -> None:
         super().__init__(wrapped)
         agent_name = name or wrapped.name
@@ -289,6 +315,8 @@ class DBOSAgent(WrapperAgent[AgentDepsT, OutputDataT]):
             raise UserError("`approval_timeout` applies only to runs that wait for approvals: pass approvals='wait'.")
         self._approvals = approvals
         self._approval_timeout = timeout_seconds(approval_timeout)
+        park_after_seconds = _park_after_seconds(park_after)
+        self._park_after = park_after_seconds if approvals == "wait" else None
         self._name = agent_name
         self._event_stream_handler = event_stream_handler
         self._mcp_step_config = validate_step_config(mcp_step_config, argument="mcp_step_config")
@@ -464,7 +492,9 @@ class DBOSAgent(WrapperAgent[AgentDepsT, OutputDataT]):
         run_args["model"] = self._resolve_model(inputs.get("model"))
         run_args["capabilities"] = [
             *inputs.get("capabilities", ()),
-            _DurableRun(self, handlers.model, run_id=DBOS.workflow_id),
+            _DurableRun(
+                self, handlers.model, run_id=DBOS.workflow_id, park_after=None if live.awaited else self._park_after
+            ),
         ]
         run_args["infer_name"] = False
         if handlers.run is not None:
@@ -478,7 +508,17 @@ class DBOSAgent(WrapperAgent[AgentDepsT, OutputDataT]):
     def _live(
         self, event_stream_handler: EventStreamHandler[Any] | None, cancellation_token: CancellationToken | None
     ) -> Iterator[None]:
-        token = _live_run_args.set(_LiveRunArgs(event_stream_handler, cancellation_token))
+        token = _live_run_args.set(_LiveRunArgs(event_stream_handler, cancellation_token, awaited=True))
+        try:
+            yield
+        finally:
+            _live_run_args.reset(token)
+
+    @staticmethod
+    @contextmanager
+    def _detached() -> Iterator[None]:
+        """A started run belongs to no caller: it takes none of the caller's live arguments, and may park."""
+        token = _live_run_args.set(_NO_LIVE_RUN_ARGS)
         try:
             yield
         finally:
@@ -579,7 +619,8 @@ class DBOSAgent(WrapperAgent[AgentDepsT, OutputDataT]):
         """
         options = StartOptions(queue, workflow_id, deduplication_id, priority)
         inputs = self._start_inputs(user_prompt, options, run_args)
-        started = await start_here_async(self._run_workflow, user_prompt, inputs, options)
+        with self._detached():
+            started = await start_here_async(self._run_workflow, user_prompt, inputs, options)
         return RunHandle(started, stream_events=self._stream_events)
 
     def start_sync(
@@ -595,7 +636,8 @@ class DBOSAgent(WrapperAgent[AgentDepsT, OutputDataT]):
         """`start()` from sync code: the same `{name}.run` workflow, started or enqueued without waiting."""
         options = StartOptions(queue, workflow_id, deduplication_id, priority)
         inputs = self._start_inputs(user_prompt, options, run_args)
-        started = start_here(self._run_workflow, user_prompt, inputs, options)
+        with self._detached():
+            started = start_here(self._run_workflow, user_prompt, inputs, options)
         return RunHandle(started, stream_events=self._stream_events)
 
     # --- Public API: the rest of the agent ---------------------------------------------------

@@ -10,6 +10,7 @@ from __future__ import annotations
 __all__ = [
     "APPROVALS_EVENT",
     "APPROVALS_STEP_MARKER",
+    "DECISIONS_BY_TIME_INDEX",
     "DECISIONS_TABLE",
     "DECISION_TOPIC",
     "DURABLE_TOOL_STEP_MARKER",
@@ -138,6 +139,9 @@ execution's number), so a recovered execution links to the one before (tracing.p
 
 DECISIONS_TABLE = "dbos_pai_approval_decisions"
 """The table of approval decisions: the arbiter of each call, and the audit log."""
+
+DECISIONS_BY_TIME_INDEX = "dbos_pai_approval_decisions_by_time"
+"""Its index on `decided_at_epoch_ms`: a worker with parked runs looks for new decisions once a second (_parking.py)."""
 
 
 def decision_idempotency_key(wait_id: int, tool_call_id: str) -> str:
