@@ -139,7 +139,8 @@ def worker_main(args: argparse.Namespace) -> None:
             counters["tool"] += 1
         return f"refunded {amount} on {order}"
 
-    durable = DBOSAgent(agent, approvals="wait")
+    park_after = None if args.park_after == "none" else float(args.park_after)
+    durable = DBOSAgent(agent, approvals="wait", park_after=park_after)
     DBOS(
         config=dbos_config(
             "bench_waiting", database_url=args.database_url, executor_id="bench-waiting", application_version="w"
@@ -213,6 +214,13 @@ def worker_main(args: argparse.Namespace) -> None:
     while _count(engine, events_sql, key=APPROVALS_EVENT) < args.runs + 1:
         time.sleep(0.2)
     all_waiting_s = time.perf_counter() - started_at
+    if park_after is not None:  # every run parked: none left executing
+        from dbos_pydantic_ai._compat import active_workflow_ids
+        from dbos_pydantic_ai._parking import parked_run_ids
+
+        while len(parked_run_ids()) < args.runs or active_workflow_ids():
+            time.sleep(0.2)
+    all_parked_s = time.perf_counter() - started_at
     time.sleep(args.settle)  # let the last runs enter DBOS.recv
     gc.collect()
     status = _proc_status()
@@ -224,6 +232,8 @@ def worker_main(args: argparse.Namespace) -> None:
         "start_mode": args.start_mode,
         "start_s": round(started_s, 1),
         "all_waiting_s": round(all_waiting_s, 1),
+        "park_after": park_after,
+        "all_parked_s": round(all_parked_s, 1) if park_after is not None else None,
         "baseline_rss_mb": round(baseline["VmRSS"] / 1024, 1),
         "rss_mb": round(status["VmRSS"] / 1024, 1),
         "peak_rss_mb": round(status["VmHWM"] / 1024, 1),
@@ -522,6 +532,8 @@ def one_configuration(database: str, runs: int, start_mode: str, args: argparse.
         str(args.settle),
         "--start-mode",
         start_mode,
+        "--park-after",
+        args.park_after,
     ]
     if args.dbos_recheck_seconds is not None:
         command += ["--dbos-recheck-seconds", str(args.dbos_recheck_seconds)]
@@ -604,6 +616,7 @@ def main() -> None:
     work.add_argument("--profile-frames", type=int, default=1)
     work.add_argument("--start-mode", choices=("start", "queue", "dbos-loop"), default="start")
     work.add_argument("--dbos-recheck-seconds", type=float, default=None)
+    work.add_argument("--park-after", default="none")
     parser.add_argument("--quick", action="store_true", help="200 runs per database, 5 s idle: a smoke check")
     parser.add_argument("--runs", type=int, action="append", help="run counts (repeatable); default 1000 5000 10000")
     parser.add_argument("--database", choices=("postgresql", "sqlite"), action="append")
@@ -626,6 +639,11 @@ def main() -> None:
         type=float,
         default=None,
         help="experiment: set DBOS's per-waiter database re-check interval (private; DBOS 3.4 uses 60 s)",
+    )
+    parser.add_argument(
+        "--park-after",
+        default="none",
+        help="DBOSAgent(park_after=): seconds before a waiting run leaves memory, or 'none' (all stay in memory)",
     )
     parser.add_argument("--label", default=None, help="key of this result set in waiting.json (default: main)")
     args = parser.parse_args()

@@ -27,7 +27,7 @@ from pydantic_ai.models.openai import OpenAIChatModel
 from pydantic_ai.providers.openai import OpenAIProvider
 
 from crash.openai_server import ScriptedOpenAIServer
-from dbos_pydantic_ai import DBOSAgent, approval_args_digest, approve
+from dbos_pydantic_ai import DBOSAgent, _parking, approval_args_digest, approve
 from dbos_pydantic_ai._compat import active_workflow_ids, recovery_attempts
 from dbos_pydantic_ai._parking import parked_run_ids
 from dbos_pydantic_ai.names import APPROVALS_EVENT
@@ -237,3 +237,45 @@ def test_park_after_must_be_a_duration(agent_name: str, park_after: Any) -> None
     agent: Agent[None, str] = Agent(FunctionModel(CountingModel()), name=agent_name)
     with pytest.raises(UserError, match="`park_after` must be a number of seconds"):
         DBOSAgent(agent, approvals="wait", park_after=park_after)
+
+
+async def test_park_after_zero_parks_at_once_and_never_parks_over_its_decision(
+    agent_name: str, launch_dbos: Callable[[], None]
+) -> None:
+    """With `park_after=0` a run parks as soon as it waits. Woken, it parks again only if the decisions table holds no
+    row for a pending call, the waker's own test: so it reads the decision that woke it instead of parking over it."""
+    executed: list[str | None] = []
+    durable = refund_agent(agent_name, FunctionModel(CountingModel(calls=("c1", "c2"))), executed, park_after=0)
+    launch_dbos()
+
+    handle = await durable.start("go", workflow_id="wf-zero")
+    await eventually(lambda: parked("wf-zero"), "the run to park")
+    await approve_refund("wf-zero", "c1")
+
+    async def parked_again() -> bool:
+        return await pending_call_ids("wf-zero") == ["c2"] and parked("wf-zero")
+
+    await eventually(parked_again, "the run to park again, waiting for c2")
+    await approve_refund("wf-zero", "c2")
+
+    assert (await asyncio.wait_for(handle.result(), WAIT_SECONDS)).output == "refunded 10, refunded 10"
+    assert executed == ["wf-zero", "wf-zero"]
+
+
+async def test_a_parked_run_that_is_cancelled_is_forgotten(
+    agent_name: str, launch_dbos: Callable[[], None], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Cancelled while parked, the run stays cancelled (nothing wakes it), and the waker's full check forgets it."""
+    monkeypatch.setattr(_parking, "_FULL_CHECK_SECONDS", 1.0)
+    executed: list[str | None] = []
+    durable = refund_agent(agent_name, FunctionModel(CountingModel()), executed)
+    launch_dbos()
+
+    handle = await durable.start("go", workflow_id="wf-cancel")
+    await eventually(lambda: parked("wf-cancel"), "the run to park")
+    await handle.cancel()
+    await eventually(lambda: "wf-cancel" not in parked_run_ids(), "the waker to forget the run")
+    await asyncio.sleep(1.5)
+
+    assert (await handle.status()).status == "CANCELLED"
+    assert executed == []

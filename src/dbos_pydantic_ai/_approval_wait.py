@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Collection
 from datetime import timedelta
 from typing import Any
 
@@ -105,17 +106,25 @@ def _unrecorded_problem(message: dict[str, Any], row: dict[str, Any] | None) -> 
     return None
 
 
-async def _receive(wait: float, park_after: float | None) -> tuple[bool, Any]:
-    """`DBOS.recv` of the next decision message; (False, None) when `park_after` seconds pass first.
+async def _receive(
+    wait: float, park_after: float | None, workflow_id: str, wait_id: int, pending: Collection[str]
+) -> tuple[bool, Any]:
+    """`DBOS.recv` of the next decision message; (False, None) when the run should park instead.
 
-    The recv is cancelled then, before it consumed anything: its recorded timeout (a sleep step) stays, and the
-    replay after the wake calls the same recv again, which finds the message at once.
+    It parks when `park_after` seconds pass and the decisions table holds no row for a pending call (the waker's
+    own test, so a woken run never parks before it has read the decision that woke it). The recv is cancelled
+    then, before it consumed anything: its recorded timeout (a sleep step) stays, and the replay after the wake
+    calls the same recv again, which finds the message at once.
     """
     if park_after is None or wait <= park_after:
         return True, await DBOS.recv_async(DECISION_TOPIC, timeout_seconds=wait)
     receiving = asyncio.ensure_future(DBOS.recv_async(DECISION_TOPIC, timeout_seconds=wait))
     try:
         await asyncio.wait({receiving}, timeout=park_after)
+        if not receiving.done():
+            rows = await asyncio.to_thread(with_dbos_db_retry, lambda: _wait_rows(workflow_id, wait_id))
+            if any(call_id in rows for call_id in pending):
+                return True, await receiving  # a decision is committed: its message is there to receive
     finally:
         if not receiving.done():
             receiving.cancel()
@@ -123,6 +132,12 @@ async def _receive(wait: float, park_after: float | None) -> tuple[bool, Any]:
     if receiving.cancelled():
         return False, None
     return True, receiving.result()  # it returned while being cancelled: use it
+
+
+def _wait_rows(workflow_id: str, wait_id: int) -> dict[str, dict[str, Any]]:
+    sys_db, table = launched_decisions()
+    with sys_db.engine.connect() as connection:
+        return wait_rows(connection, table, workflow_id, wait_id)
 
 
 async def wait_for_decisions(
@@ -168,7 +183,7 @@ async def wait_for_decisions(
             wait = _INDEFINITE_WAIT_CHUNK_SECONDS
         else:
             wait = max(0.0, deadline - time.time())
-        received, message = await _receive(wait, park_after)
+        received, message = await _receive(wait, park_after, workflow_id, wait_id, pending)
         if not received:
             raise park(workflow_id, wait_id, frozenset(pending), deadline if rows_at_deadline is None else None)
         if message is None:
@@ -236,12 +251,7 @@ async def wait_for_decisions(
 async def _recorded_decision(workflow_id: str, wait_id: int, tool_call_id: str) -> dict[str, Any] | None:
     """Recorded as a step: the table's row for one call, so a replay judges a message as the first run did."""
 
-    def read() -> dict[str, Any] | None:
-        sys_db, table = launched_decisions()
-        with sys_db.engine.connect() as connection:
-            return wait_rows(connection, table, workflow_id, wait_id).get(tool_call_id)
-
-    return await asyncio.to_thread(with_dbos_db_retry, read)
+    return await asyncio.to_thread(with_dbos_db_retry, lambda: _wait_rows(workflow_id, wait_id).get(tool_call_id))
 
 
 async def _time_out_open_calls(

@@ -30,7 +30,7 @@ import sqlalchemy as sa
 from dbos import DBOS
 
 from ._approval_table import launched_decisions
-from ._compat import dbos_instance, system_tables, wake_parked_runs, with_dbos_db_retry
+from ._compat import active_workflow_ids, dbos_instance, system_tables, wake_parked_runs
 
 __all__ = ["RunParked", "park", "parked_run_ids"]
 
@@ -39,7 +39,7 @@ logger = logging.getLogger(__name__)
 _TICK_SECONDS = 1.0
 # Each look re-reads this much before the last one: a decision's time is taken before its transaction commits.
 _LOOK_BACK_MS = 5_000
-_FULL_CHECK_SECONDS = 30.0
+_FULL_CHECK_SECONDS = 60.0
 _CHUNK = 500
 
 
@@ -103,17 +103,22 @@ class _Waker:
                 since_ms = looked_at_ms - _LOOK_BACK_MS
                 if full_check:
                     next_full_check = time.monotonic() + _FULL_CHECK_SECONDS
-            except Exception:
+            except Exception:  # the database is unreachable, say: nothing is lost, the next look covers this one
                 if dbos_instance() is not self._instance:
                     return
-                logger.exception("Looking for decisions for parked runs failed; trying again in a second")
+                logger.warning("Looking for decisions for parked runs failed; trying again in a second", exc_info=True)
 
     def _look(self, since_ms: int, full_check: bool) -> None:
         with self._lock:
             unchecked = list(self._parked) if full_check else [i for i in self._unchecked if i in self._parked]
             self._unchecked.clear()
             seen = {workflow_id: self._parked[workflow_id] for workflow_id in unchecked}
-        rows, gone = with_dbos_db_retry(lambda: self._read(since_ms, unchecked, full_check))
+        try:
+            rows, gone = self._read(since_ms, unchecked, full_check)
+        except BaseException:
+            with self._lock:
+                self._unchecked.update(unchecked)
+            raise
         now = time.time()
         due: dict[str, _Parked] = {}
         with self._lock:
@@ -130,15 +135,21 @@ class _Waker:
                     del self._parked[workflow_id]
             for workflow_id in due:
                 self._parked.pop(workflow_id, None)
-        if not due:
-            return
-        try:
-            woken = with_dbos_db_retry(lambda: wake_parked_runs(sorted(due), self._executor_id))
-        except BaseException:
-            for parked in due.values():  # not woken: the next look tries again
-                self.add(parked)
-            raise
-        logger.debug("Woke %d parked runs (%d were no longer parked here)", len(woken), len(due) - len(woken))
+        # A run still executing here (unwinding from its park, or resumed by hand) must not be dispatched a second
+        # time: look at it again next time.
+        executing = set(active_workflow_ids()) & set(due)
+        for workflow_id in executing:
+            self.add(due[workflow_id])
+        ids = sorted(set(due) - executing)
+        for start in range(0, len(ids), _CHUNK):
+            chunk = ids[start : start + _CHUNK]
+            try:
+                woken = wake_parked_runs(chunk, self._executor_id)
+            except BaseException:
+                for workflow_id in ids[start:]:  # not woken: the next look tries again
+                    self.add(due[workflow_id])
+                raise
+            logger.debug("Woke %d parked runs (%d no longer parked here)", len(woken), len(chunk) - len(woken))
 
     def _read(
         self, since_ms: int, unchecked: list[str], full_check: bool

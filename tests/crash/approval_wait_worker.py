@@ -1,13 +1,15 @@
 """A worker for the approval crash tests: a durable run that waits inside itself for approvals.
 
-    python approval_wait_worker.py --mode sync|async --phase start|recover
+    python approval_wait_worker.py --mode sync|async|started --phase start|recover
                                    --database-url URL --port PORT --workdir DIR --workflow-id ID
-                                   [--approval-timeout SECONDS]
+                                   [--approval-timeout SECONDS] [--park-after SECONDS]
 
 The agent (`DBOSAgent(..., approvals="wait")`, model on the test's scripted OpenAI server) has a tool
 `refund` that needs approval, run as a durable step; `--approval-timeout` sets its `approval_timeout`
 (give both phases the same). `start` starts the run under `--workflow-id` (`run_sync` or `await run`);
-`recover` only launches DBOS, which recovers the PENDING run, and waits for its result. The output
+`recover` only launches DBOS, which recovers the PENDING run, and waits for its result. Mode `started` starts it
+with `start_sync()`, so nobody awaits it and it may park (`--park-after`); each time it parks, `parked.log` gets a
+line. The output
 lands in `DIR/output.json`; `tools.log` gets a line per refund executed and
 `waiting.log` a line each time the run announces its pending calls (so once more after a recovery).
 """
@@ -18,6 +20,8 @@ import argparse
 import asyncio
 import os
 import sys
+import threading
+import time
 from collections.abc import AsyncIterable
 from pathlib import Path
 from typing import Any
@@ -42,7 +46,9 @@ async def record_waits(ctx: RunContext[Any], events: AsyncIterable[AgentStreamEv
             worker.append_line("waiting.log", " ".join(ids))
 
 
-def build_agent(port: int, approval_timeout: float | None = None) -> DBOSAgent[None, str]:
+def build_agent(
+    port: int, approval_timeout: float | None = None, park_after: float | None = None
+) -> DBOSAgent[None, str]:
     model = OpenAIChatModel("gpt-test", provider=OpenAIProvider(base_url=f"http://127.0.0.1:{port}/v1", api_key="test"))
     agent: Agent[None, str] = Agent(model, name=AGENT_NAME)
 
@@ -58,22 +64,37 @@ def build_agent(port: int, approval_timeout: float | None = None) -> DBOSAgent[N
         approval_timeout=approval_timeout,
         durable_tools=["refund"],
         event_stream_handler=record_waits,
+        park_after=park_after,
     )
+
+
+def record_parks(workflow_id: str) -> None:
+    """On a thread: a line in `parked.log` each time the run parks in this process."""
+    from dbos_pydantic_ai._parking import parked_run_ids
+
+    was_parked = False
+    while True:
+        parked = workflow_id in parked_run_ids()
+        if parked and not was_parked:
+            worker.append_line("parked.log", "parked")
+        was_parked = parked
+        time.sleep(0.02)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--mode", choices=("sync", "async"), required=True)
+    parser.add_argument("--mode", choices=("sync", "async", "started"), required=True)
     parser.add_argument("--phase", choices=("start", "recover"), required=True)
     parser.add_argument("--database-url", required=True)
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--workdir", type=Path, required=True)
     parser.add_argument("--workflow-id", required=True)
     parser.add_argument("--approval-timeout", type=float, default=None)
+    parser.add_argument("--park-after", type=float, default=None)
     args = parser.parse_args()
     worker.WORKDIR = args.workdir
 
-    durable = build_agent(args.port, args.approval_timeout)
+    durable = build_agent(args.port, args.approval_timeout, args.park_after)
     DBOS(
         config=dbos_config(
             "crash_approvals",
@@ -86,7 +107,11 @@ def main() -> None:
     DBOS.launch()
     print(f"worker {os.getpid()} launched: phase={args.phase}", flush=True)
 
+    threading.Thread(target=record_parks, args=(args.workflow_id,), daemon=True).start()
     if args.phase == "recover":
+        output = DBOS.retrieve_workflow(args.workflow_id).get_result(polling_interval_sec=0.1).output
+    elif args.mode == "started":
+        durable.start_sync("Refund 10 and 20.", workflow_id=args.workflow_id)
         output = DBOS.retrieve_workflow(args.workflow_id).get_result(polling_interval_sec=0.1).output
     elif args.mode == "sync":
         with SetWorkflowID(args.workflow_id):

@@ -10,6 +10,9 @@ killed. A fenced worker exits with status 3 (the default `on_fenced`).
 
 Tools: the durable tool `record_step(n)` appends `<executor id> <prompt> <n>` to `DIR/tools.log` (fsynced); the
 plain tool `wait_gate()` returns once `DIR/gate` exists, so a test can pause a worker while runs sit in it.
+
+A second agent, `fleet_approver` (`approvals="wait"`, `park_after=0.5`), asks for a `refund(amount)` that needs
+approval (durable: appends `<executor id> <prompt> refund <amount>` to `tools.log`), so its waiting runs park.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from dbos_pydantic_ai.fleet import FleetMember
 APP_NAME = "fleet_test"
 APP_VERSION = "fleet-test-1"
 AGENT_NAME = "fleet_agent"
+APPROVER_NAME = "fleet_approver"
 QUEUE = "fleet_runs"
 
 
@@ -58,6 +62,21 @@ def build_agent(port: int, executor_id: str) -> DBOSAgent[None, str]:
     return DBOSAgent(agent, name=AGENT_NAME, durable_tools=["record_step"])
 
 
+def build_approver(port: int, executor_id: str) -> DBOSAgent[None, str]:
+    client = AsyncOpenAI(
+        base_url=f"http://127.0.0.1:{port}/v1", api_key="test", default_headers={"x-executor": executor_id}
+    )
+    agent: Agent[None, str] = Agent(OpenAIChatModel("gpt-test", provider=OpenAIProvider(openai_client=client)))
+
+    @agent.tool(requires_approval=True)
+    def refund(ctx: RunContext[None], amount: int) -> str:
+        """Refund the customer; a human must approve."""
+        worker.append_line("tools.log", f"{executor_id} {ctx.prompt} refund {amount}")
+        return f"refunded {amount}"
+
+    return DBOSAgent(agent, name=APPROVER_NAME, durable_tools=["refund"], approvals="wait", park_after=0.5)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--executor-id", required=True)
@@ -76,6 +95,7 @@ def main() -> None:
     worker.WORKDIR = args.workdir
 
     build_agent(args.port, args.executor_id)
+    build_approver(args.port, args.executor_id)
 
     def on_fenced() -> None:
         print(f"{args.executor_id} fenced", flush=True)

@@ -8,6 +8,9 @@ first refund and deny the second, while the worker is down or once the relaunche
 The run completes; the approved refund ran once, the denied one never, the model saw the denial, and
 the model request made before the wait was not sent again. SQLite and PostgreSQL, `run_sync` and `run`.
 
+A run started with `start()` parks once it has waited `park_after` (it leaves the worker's memory, recording
+nothing): killed while parked, relaunched, it replays to its wait, parks again, and a decision brings it back.
+
 With `approval_timeout`, the deadline holds across a kill: once it passes while no worker runs, decisions
 are refused (naming the deadline) and the call is no longer offered, and the relaunched run denies it by
 timeout; a worker relaunched before the deadline times out at the original deadline, not a restarted one.
@@ -41,11 +44,15 @@ SCRIPT = [
 DENIAL = "Refunds over 15 need a manager."
 
 
+PARK_AFTER = "0.5"
+
+
 def launch(run: CrashRun, phase: str, *extra: str) -> WorkerProcess:
     args = [
         *("--mode", run.mode, "--phase", phase, "--database-url", run.database_url),
         *("--port", str(run.server.port), "--workdir", str(run.workdir), "--workflow-id", run.workflow_id),
         *extra,
+        *("--park-after", PARK_AFTER),
     ]
     log = run.workdir / f"worker-{len(run.workers) + 1}-{phase}.log"
     process = WorkerProcess(args, log, run.workdir, script=APPROVAL_WORKER)
@@ -80,13 +87,21 @@ def decide(run: CrashRun, *args: str) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
 
 
-@pytest.mark.parametrize("mode", ["sync", "async"])
+@pytest.mark.parametrize("mode", ["sync", "async", "started"])
 @pytest.mark.parametrize("decided", ["before_relaunch", "after_relaunch"])
 def test_kill_while_waiting_inside_the_run(crash_run: Callable[..., CrashRun], mode: str, decided: str) -> None:
+    """Mode `started` (nobody awaits the run): it is killed while parked. In every mode the recovered run, which
+    nobody awaits either, parks once relaunched if no decision is there yet; a decision brings it back."""
     run = crash_run("approval-wait", mode, SCRIPT)
+    parks = mode == "started"
 
     first = launch(run, "start")
     run.wait_until(lambda: len(pending_or_none(run) or ()) == 2, "the run to wait for 2 calls", first)
+    if parks:
+        run.wait_until(lambda: run.lines("parked.log") == ["parked"], "the run to park", first)
+        steps_when_parked = run.step_names()
+        time.sleep(1.0)
+        assert run.step_names() == steps_when_parked  # parked: nothing recorded
     first.kill()
     assert run.status().status == "PENDING"
     assert run.lines("tools.log") == []
@@ -107,12 +122,18 @@ def test_kill_while_waiting_inside_the_run(crash_run: Callable[..., CrashRun], m
     if decided == "after_relaunch":
         # The recovered run replays up to its wait (the model response comes from the database) and waits again.
         run.wait_until(lambda: len(run.lines("waiting.log")) == 2, "the recovered run to wait again", second)
+        parked_before = len(run.lines("parked.log"))
+        run.wait_until(lambda: len(run.lines("parked.log")) > parked_before, "the recovered run to park", second)
         approve_and_deny()
     output = run.wait_for_output(second)
 
     assert output == f"Done: {DENIAL}"  # the model saw the denial
     assert run.lines("tools.log") == ["refund 10"]  # the approved refund ran once; the denied one never
-    assert len(run.lines("waiting.log")) == 2  # the run's code did re-run after the kill ...
+    # The run's code did re-run after the kill ...
+    if decided == "after_relaunch":  # and once more when a decision woke it from its park
+        assert len(run.lines("waiting.log")) >= 3
+    else:
+        assert len(run.lines("waiting.log")) == 2
     stats = run.server.stats()
     assert (stats[0].received, stats[0].completed) == (1, 1)  # ... but the request before the wait was not re-sent
     assert (stats[1].received, stats[1].completed) == (1, 1)

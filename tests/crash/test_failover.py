@@ -21,7 +21,7 @@ import sqlalchemy as sa
 from crash_harness import CrashRun, WorkerProcess
 from tcp_proxy import TcpProxy
 
-from dbos_pydantic_ai import start_run
+from dbos_pydantic_ai import approve, list_pending_approvals, start_run
 from dbos_pydantic_ai._fleet_tables import DEAD, FleetTables
 
 pytestmark = [
@@ -32,6 +32,7 @@ pytestmark = [
 
 FAILOVER_WORKER = Path(__file__).with_name("failover_worker.py")
 AGENT = "fleet_agent"  # failover_worker.AGENT_NAME
+APPROVER = "fleet_approver"  # failover_worker.APPROVER_NAME
 QUEUE = "fleet_runs"  # failover_worker.QUEUE
 MODEL_STEP = f"{AGENT}__model.request"
 TOOL_STEP = f"{AGENT}__tool.record_step"
@@ -308,3 +309,57 @@ def test_database_outage_longer_than_dead_after_declares_nobody_dead(crash_run: 
         assert sorted(set(sends.values())) == [1], sends
     finally:
         proxy.close()
+
+
+APPROVAL = [{"tool_calls": [{"name": "refund", "args": {"amount": 10}}]}, {"text": "done: {tool_result}"}]
+
+
+def test_parked_runs_of_a_dead_worker_are_taken_over(crash_run: Callable[..., CrashRun]) -> None:
+    """Runs waiting for approval park (they leave their worker's memory, still PENDING on it). One worker is
+    SIGKILLed with its runs parked: the survivor takes them over, replays them to their wait (no model request is
+    sent again), and they park there; approved, every run finishes once, its refund run exactly once."""
+    run = crash_run("failover-parked", "async", APPROVAL)
+    workers = {name: launch(run, name) for name in ("worker-1", "worker-2")}
+    wait_ready(run, workers)
+
+    prompts = [f"refund-{index}" for index in range(6)]
+    ids = [start_run(APPROVER, prompt, database_url=run.database_url, queue=QUEUE).workflow_id for prompt in prompts]
+    prompt_of = dict(zip(ids, prompts, strict=True))
+    run.wait_until(
+        lambda: len(list_pending_approvals(database_url=run.database_url)) == len(ids),
+        "every run to wait for its approval",
+        *workers.values(),
+    )
+    time.sleep(1.5)  # past park_after: every run has parked
+    on_victim = [
+        status.workflow_id
+        for status in statuses(run, ids).values()
+        if status.executor_id == "worker-2"  # type: ignore[attr-defined]
+    ]
+    assert on_victim, "the queue gave worker-2 no run"
+    assert {status.status for status in statuses(run, ids).values()} == {"PENDING"}  # type: ignore[attr-defined]
+    workers["worker-2"].kill()
+
+    run.wait_until(
+        lambda: all(s.executor_id == "worker-1" for s in statuses(run, ids).values()),  # type: ignore[attr-defined]
+        "worker-1 to take over worker-2's runs",
+        workers["worker-1"],
+    )
+    for pending in list_pending_approvals(database_url=run.database_url):
+        approve(
+            pending.workflow_id, pending.tool_call_id, args_digest=pending.args_digest, database_url=run.database_url
+        )
+    run.wait_until(
+        lambda: all(s.status in FINISHED for s in statuses(run, ids).values()),  # type: ignore[attr-defined]
+        "every run to finish",
+        workers["worker-1"],
+    )
+
+    final = statuses(run, ids)
+    assert {status.status for status in final.values()} == {"SUCCESS"}  # type: ignore[attr-defined]
+    sends = Counter((request.prompt, request.turn) for request in run.server.requests())
+    assert sends == Counter({(prompt, turn): 1 for prompt in prompts for turn in (0, 1)})  # nothing sent twice
+    refunds = Counter(line.split()[1] for line in run.lines("tools.log"))
+    assert refunds == Counter({prompt: 1 for prompt in prompt_of.values()})  # each approved refund ran once
+    _, takeover_rows = fleet_rows(run.database_url)
+    assert {row.workflow_id for row in takeover_rows} == set(on_victim)
