@@ -670,9 +670,11 @@ def main() -> None:
     label = args.label or ("profile" if args.profile else "main")
     existing = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     if label in existing:  # add to the set, replacing the same configurations measured before
-        fresh = {(c["database"], c["runs"], c["start_mode"]) for c in results["configurations"]}
+        fresh = {(c["database"], c["runs"], c["start_mode"], c.get("park_after")) for c in results["configurations"]}
         kept = [
-            c for c in existing[label]["configurations"] if (c["database"], c["runs"], c["start_mode"]) not in fresh
+            c
+            for c in existing[label]["configurations"]
+            if (c["database"], c["runs"], c["start_mode"], c.get("park_after")) not in fresh
         ]
         results["configurations"] = kept + results["configurations"]
         results["machine"]["earlier_runs"] = existing[label]["machine"]
