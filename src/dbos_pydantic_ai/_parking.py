@@ -23,7 +23,7 @@ import heapq
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
@@ -61,7 +61,6 @@ class _Parked:
     wait_id: int
     pending: frozenset[str]  # the tool call ids still undecided when the run parked
     deadline: float | None
-    parked_at: float = field(default_factory=time.time)
 
 
 class _Waker:
