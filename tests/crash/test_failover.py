@@ -104,13 +104,20 @@ def test_sigkill_one_of_three_workers(crash_run: Callable[..., CrashRun]) -> Non
     ids = [start_run(AGENT, prompt, database_url=run.database_url, queue=QUEUE).workflow_id for prompt in prompts]
     prompt_of = dict(zip(ids, prompts, strict=True))
 
+    seen: Counter[tuple[str, str | None]] = Counter()
+
     def victim_busy() -> bool:
         found = statuses(run, ids).values()
+        seen.clear()
+        seen.update((s.status, s.executor_id) for s in found)  # type: ignore[attr-defined]
         done = sum(1 for status in found if status.status == "SUCCESS")  # type: ignore[attr-defined]
         busy = sum(1 for s in found if s.status == "PENDING" and s.executor_id == "worker-2")  # type: ignore[attr-defined]
         return done >= 5 and busy >= 2
 
-    run.wait_until(victim_busy, "worker-2 to be mid-way through runs", *workers.values())
+    try:
+        run.wait_until(victim_busy, "worker-2 to be mid-way through runs", *workers.values())
+    except pytest.fail.Exception as timed_out:  # say where the runs were: (status, executor) -> count
+        raise AssertionError(f"{timed_out}\nruns by (status, executor): {dict(seen)}") from None
     workers["worker-2"].kill()
     killed_at = time.time()
     orphaned = [
