@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -48,6 +49,7 @@ class BackgroundReader:
         self._loop = asyncio.new_event_loop()
         self._task: asyncio.Task[None] | None = None
         self._ready = threading.Event()
+        self._last_count, self._last_change = 0, time.monotonic()
         self._thread = threading.Thread(target=self._main, daemon=True)
         self._thread.start()
         self._ready.wait(WAIT_SECONDS)
@@ -74,6 +76,13 @@ class BackgroundReader:
 
     def text(self) -> str:
         return text_of([event for _, event in self.pairs])
+
+    def settled(self, at_least: int, quiet_seconds: float = 1.5) -> bool:
+        """Whether it has at least `at_least` characters of text and has read nothing new for `quiet_seconds`."""
+        count = len(self.pairs)
+        if count != self._last_count:
+            self._last_count, self._last_change = count, time.monotonic()
+        return len(self.text()) >= at_least and time.monotonic() - self._last_change >= quiet_seconds
 
     def disconnect(self) -> int:
         """Stop reading (like a client going away); the last offset it saw."""
@@ -118,7 +127,9 @@ def test_reader_reconnects_after_worker_killed_mid_answer(crash_run: Callable[..
     first = run.launch("start")
     run.wait_until(lambda: run.server.received(1) == 1, "the answer request to reach the server", first)
     reader = BackgroundReader(run.workflow_id, run.database_url)
-    run.wait_until(lambda: len(reader.text()) >= 16, "the reader to see the first half of the answer live", first)
+    # The server holds the answer halfway: wait until the reader has all of that half (its text stops growing), so
+    # the resumed reader's values are all written after the kill.
+    run.wait_until(lambda: reader.settled(16), "the reader to see the first half of the answer live", first)
     first.kill()
     assert run.status().status == "PENDING"
     last_offset = reader.disconnect()
