@@ -96,7 +96,9 @@ def test_sigkill_one_of_three_workers(crash_run: Callable[..., CrashRun]) -> Non
     All 30 complete exactly once; a model request or tool call that was recorded when the worker died is not done
     again (only one in flight at the kill may be); one surviving worker takes over all of the dead worker's runs.
     """
-    run = crash_run("failover", "async", FIVE_REQUESTS, latency_seconds=0.25)
+    # Slow enough answers (each run takes 5 s or more) that a busy test process, whose status polls can take
+    # seconds, still sees worker-2 mid-way: with 0.25 s, CI's loaded suite saw all 30 runs finish between two polls.
+    run = crash_run("failover", "async", FIVE_REQUESTS, latency_seconds=1.0)
     workers = {name: launch(run, name) for name in ("worker-1", "worker-2", "worker-3")}
     wait_ready(run, workers)
 
