@@ -58,7 +58,12 @@ class CountingServer:
     url: str | None = None
 
     def toolset(self, **kwargs: Any) -> MCPToolset[Any]:
-        """A fresh `MCPToolset` for this server; `kwargs` go to the toolset (e.g. `id=`)."""
+        """A fresh `MCPToolset` for this server; `kwargs` go to the toolset (e.g. `id=`).
+
+        The handshake gets the server's start timeout, not the 5 s default: a stdio server is a new Python process,
+        and on a loaded CI machine its imports alone can take longer than 5 s.
+        """
+        kwargs.setdefault("init_timeout", SERVER_START_TIMEOUT_SECONDS)
         if self.transport == "http":
             assert self.url is not None
             return MCPToolset(self.url, **kwargs)

@@ -163,7 +163,8 @@ def build_agent(scenario: str, mode: str, port: int) -> DBOSAgent[None, Any]:
 
         server_script = Path(__file__).with_name("mcp_slow_server.py")
         transport = PythonStdioTransport(server_script, args=["--log", str(WORKDIR / "mcp.log")])
-        toolsets.append(MCPToolset(transport, id=MCP_TOOLSET_ID))
+        # A loaded machine can take more than the 5 s default to start a Python server.
+        toolsets.append(MCPToolset(transport, id=MCP_TOOLSET_ID, init_timeout=60))
     output_type: Any = [str, DeferredToolRequests] if scenario == "approval" else str
     agent: Agent[None, Any] = Agent(model, name=AGENT_NAME, output_type=output_type, toolsets=toolsets)
 
