@@ -14,6 +14,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -232,11 +233,25 @@ async def test_a_run_its_caller_awaits_never_parks(agent_name: str, launch_dbos:
     assert (await asyncio.wait_for(task, WAIT_SECONDS)).output == "refunded 10"
 
 
-@pytest.mark.parametrize("park_after", [-1, "soon", True])
+@pytest.mark.parametrize("park_after", [-1, "soon", True, timedelta(seconds=-1)])
 def test_park_after_must_be_a_duration(agent_name: str, park_after: Any) -> None:
     agent: Agent[None, str] = Agent(FunctionModel(CountingModel()), name=agent_name)
-    with pytest.raises(UserError, match="`park_after` must be a number of seconds"):
+    with pytest.raises(UserError, match=r"`park_after` must be a number of seconds \(0 or more\).*pass None to keep"):
         DBOSAgent(agent, approvals="wait", park_after=park_after)
+
+
+@pytest.mark.parametrize("approval_timeout", [0, timedelta(0), -1, "soon", True])
+def test_approval_timeout_must_be_a_positive_duration(agent_name: str, approval_timeout: Any) -> None:
+    """Zero is refused here (it is a valid `park_after`): a deadline at the start would time out every call unseen."""
+    agent: Agent[None, str] = Agent(FunctionModel(CountingModel()), name=agent_name)
+    with pytest.raises(UserError, match=r"`approval_timeout` must be a positive number of seconds.*without a deadline"):
+        DBOSAgent(agent, approvals="wait", approval_timeout=approval_timeout)
+
+
+def test_durations_accept_a_timedelta(agent_name: str) -> None:
+    agent: Agent[None, str] = Agent(FunctionModel(CountingModel()), name=agent_name)
+    durable = DBOSAgent(agent, approvals="wait", park_after=timedelta(minutes=2), approval_timeout=timedelta(hours=1))
+    assert (durable._park_after, durable._approval_timeout) == (120.0, 3600.0)
 
 
 async def test_park_after_zero_parks_at_once_and_never_parks_over_its_decision(

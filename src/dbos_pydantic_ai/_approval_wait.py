@@ -16,11 +16,10 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Collection
-from datetime import timedelta
 from typing import Any
 
 from dbos import DBOS
-from pydantic_ai.exceptions import ToolFailed, UserError
+from pydantic_ai.exceptions import ToolFailed
 from pydantic_ai.messages import ToolCallPart
 from pydantic_ai.tools import DeferredToolRequests, DeferredToolResults, ToolApproved, ToolDenied
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
@@ -40,20 +39,10 @@ from .names import (
 )
 from .tracing import approval_event
 
-__all__ = ["timeout_seconds", "wait_for_decisions"]
+__all__ = ["wait_for_decisions"]
 
 # Without a timeout the run waits in chunks (each a recorded `DBOS.recv`), so no timer is ever huge.
 _INDEFINITE_WAIT_CHUNK_SECONDS = 7 * 24 * 3600.0
-
-
-def timeout_seconds(timeout: float | timedelta | None) -> float | None:
-    """`approval_timeout` in seconds, refusing a value that is not a positive duration."""
-    if timeout is None:
-        return None
-    seconds = timeout.total_seconds() if isinstance(timeout, timedelta) else timeout
-    if isinstance(seconds, bool) or not isinstance(seconds, int | float) or seconds <= 0:
-        raise UserError(f"`approval_timeout` must be a positive number of seconds or a timedelta, not {timeout!r}.")
-    return float(seconds)
 
 
 def _wait_started() -> dict[str, Any]:

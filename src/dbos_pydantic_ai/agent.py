@@ -39,13 +39,13 @@ from pydantic_ai.run import AgentRun, AgentRunResult
 from pydantic_ai.tools import AgentDepsT, DeferredToolRequests, DeferredToolResults, RunContext
 from pydantic_ai.toolsets import AbstractToolset, FunctionToolset
 
-from ._approval_wait import timeout_seconds, wait_for_decisions
+from ._approval_wait import wait_for_decisions
 from ._compat import UNSET, Unset, check_no_nested_sync_run, dbos_launched
 from ._durable_loop import run_on_durable_loop
 from ._events import run_handlers
 from ._serialization import ensure_serializable
 from ._steps import in_workflow
-from .config import StepConfig, validate_step_config
+from .config import StepConfig, duration_seconds, validate_step_config
 from .model import DBOSModel
 from .names import STREAM_EVENTS_INPUT, STREAMED_INPUT
 from .names import run_sync_workflow as run_sync_workflow_name
@@ -131,18 +131,6 @@ def _register_declared_types(agent: AbstractAgent[Any, Any]) -> None:
     for toolset in agent.toolsets:
         toolset.apply(collect)
     register_declared_types(*declared)
-
-
-def _park_after_seconds(park_after: float | timedelta | None) -> float | None:
-    if park_after is None:
-        return None
-    seconds = park_after.total_seconds() if isinstance(park_after, timedelta) else park_after
-    if isinstance(seconds, bool) or not isinstance(seconds, int | float) or seconds < 0:
-        raise UserError(
-            f"`park_after` must be a number of seconds (0 or more) or a timedelta, not {park_after!r}; "
-            "pass None to keep waiting runs in memory."
-        )
-    return float(seconds)
 
 
 # --- The per-run capability ---------------------------------------------------------------------
@@ -314,8 +302,12 @@ class DBOSAgent(WrapperAgent[AgentDepsT, OutputDataT]):
         if approval_timeout is not None and approvals != "wait":
             raise UserError("`approval_timeout` applies only to runs that wait for approvals: pass approvals='wait'.")
         self._approvals = approvals
-        self._approval_timeout = timeout_seconds(approval_timeout)
-        park_after_seconds = _park_after_seconds(park_after)
+        self._approval_timeout = duration_seconds(
+            approval_timeout, argument="approval_timeout", allow_zero=False, none_means="wait without a deadline"
+        )
+        park_after_seconds = duration_seconds(
+            park_after, argument="park_after", allow_zero=True, none_means="keep waiting runs in memory"
+        )
         self._park_after = park_after_seconds if approvals == "wait" else None
         self._name = agent_name
         self._event_stream_handler = event_stream_handler

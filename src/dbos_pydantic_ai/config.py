@@ -1,6 +1,7 @@
-"""Configuration: step retry settings and a DBOS config with sensible defaults for agents.
+"""Configuration: step retry settings, durations, and a DBOS config with sensible defaults for agents.
 
 `StepConfig` is the retry policy of one kind of step (model requests, MCP calls, durable tools).
+`duration_seconds()` reads a duration argument (seconds or a timedelta) the one way all of them are read.
 `dbos_config()` builds the `DBOSConfig` to hand to `DBOS(config=...)`: SQLite in WAL mode when no URL
 is given, and a reachability check so a wrong URL fails at start-up with a message that names it.
 """
@@ -12,6 +13,7 @@ import os
 import re
 import sqlite3
 from collections.abc import Mapping, Sequence
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypedDict
 
@@ -55,6 +57,27 @@ def validate_step_config(config: StepConfig | None, *, argument: str) -> StepCon
             f"`{argument}` has unknown keys {sorted(unknown)}; a StepConfig takes only {sorted(_STEP_CONFIG_KEYS)}."
         )
     return config
+
+
+# --- Durations -----------------------------------------------------------------------------------
+
+
+def duration_seconds(
+    value: float | timedelta | None, *, argument: str, allow_zero: bool, none_means: str
+) -> float | None:
+    """`value` in seconds (None stays None), refusing anything but a non-negative number or timedelta.
+
+    `allow_zero` says whether 0 is a meaningful value of `argument`; `none_means` completes the error's
+    hint ("pass None to ...") so the user learns the other way out.
+    """
+    if value is None:
+        return None
+    seconds = value.total_seconds() if isinstance(value, timedelta) else value
+    is_number = isinstance(seconds, int | float) and not isinstance(seconds, bool)
+    if not is_number or seconds < 0 or (seconds == 0 and not allow_zero):
+        kind = "a number of seconds (0 or more)" if allow_zero else "a positive number of seconds"
+        raise UserError(f"`{argument}` must be {kind} or a timedelta, not {value!r}; pass None to {none_means}.")
+    return float(seconds)
 
 
 # --- Database URLs -----------------------------------------------------------------------------
