@@ -18,6 +18,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from dbos import DBOS, SetWorkflowID
 from pydantic_ai import Agent
 from pydantic_ai.exceptions import UserError
@@ -28,7 +29,8 @@ from pydantic_ai.models.openai import OpenAIChatModel
 from pydantic_ai.providers.openai import OpenAIProvider
 
 from crash.openai_server import ScriptedOpenAIServer
-from dbos_pydantic_ai import DBOSAgent, _parking, approval_args_digest, approve
+from dbos_pydantic_ai import ApprovalRejected, DBOSAgent, _parking, approval_args_digest, approve
+from dbos_pydantic_ai._approval_table import launched_decisions
 from dbos_pydantic_ai._compat import active_workflow_ids, recovery_attempts
 from dbos_pydantic_ai._parking import parked_run_ids
 from dbos_pydantic_ai.names import APPROVALS_EVENT
@@ -294,3 +296,104 @@ async def test_a_parked_run_that_is_cancelled_is_forgotten(
 
     assert (await handle.status()).status == "CANCELLED"
     assert executed == []
+
+
+def _held_outside_the_pool(database_url: str) -> tuple[int, int]:
+    """(connections DBOS's pool has checked out, server connections to this database that its pool does not hold).
+
+    On SQLite the second is 0: there is no server to ask. On PostgreSQL it counts anything opened beside the pool
+    (the approvals share the launched DBOS's pool); a number that grows is a connection nobody closed."""
+    sys_db, _ = launched_decisions()
+    pool: Any = sys_db.engine.pool
+    if database_url.startswith("sqlite"):
+        return pool.checkedout(), 0
+    checker = sa.create_engine(database_url, poolclass=sa.pool.NullPool)
+    try:
+        with checker.connect() as connection:
+            query = (
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+            server_side = int(connection.execute(sa.text(query)).scalar_one())
+    finally:
+        checker.dispose()
+    return pool.checkedout(), server_side - pool.checkedin() - pool.checkedout()
+
+
+@pytest.mark.timeout(300)
+async def test_runs_cancelled_or_decided_at_random_moments_around_the_park_lose_nothing_and_leak_nothing(
+    agent_name: str,
+    launch_dbos: Callable[[], None],
+    database_url: str,
+    server: ScriptedOpenAIServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Thirty runs over the OpenAI client park after 20 ms, so the park cancels their `recv` while it sets up,
+    waits, or consumes. Each run is then approved, cancelled, or both (two deciders racing), at a random moment
+    within 0.6 s: before the park, while it parks, parked, or while it is woken.
+
+    Nothing is lost: every run ends; one approved and never cancelled finishes with its tool run once; one cancelled
+    with no approval never runs its tool; no tool runs twice. Nothing leaks: DBOS's pool gets every connection back
+    and no server connection is left open beside it (PostgreSQL's `pg_stat_activity`)."""
+    monkeypatch.setattr(_parking, "_FULL_CHECK_SECONDS", 1.0)  # forgets cancelled runs within a second
+    runs = 30
+    executed: list[str | None] = []
+    model = OpenAIChatModel("gpt-test", provider=OpenAIProvider(base_url=server.base_url, api_key="x"))
+    durable = refund_agent(agent_name, model, executed, park_after=0.02)
+    launch_dbos()
+    rng = random.Random(20261130)
+    # What DBOS itself keeps after launch (on PostgreSQL its LISTEN connection stays checked out): the least seen.
+    samples = []
+    for _ in range(5):
+        samples.append(_held_outside_the_pool(database_url))
+        await asyncio.sleep(0.1)
+    before = (min(checked_out for checked_out, _ in samples), min(beside for _, beside in samples))
+
+    plans = [rng.choice(["approve", "cancel", "both"]) for _ in range(runs)]
+    handles = [await durable.start("go", workflow_id=f"wf-mixed-{i}") for i in range(runs)]
+
+    async def decide(handle: Any, plan: str) -> None:
+        calls = await eventually(lambda: pending_call_ids(handle.workflow_id), f"{handle.workflow_id} to ask")
+        actions = []
+        if plan in ("approve", "both"):
+            actions.append(approve_refund(handle.workflow_id, calls[0]))
+        if plan in ("cancel", "both"):
+            actions.append(handle.cancel())
+
+        async def later(action: Any) -> None:
+            await asyncio.sleep(rng.uniform(0.0, 0.6))
+            try:
+                await action
+            except ApprovalRejected as rejected:  # the cancel came first: the decision is refused, not lost
+                assert plan == "both" and "is CANCELLED" in str(rejected), rejected
+
+        await asyncio.gather(*(later(action) for action in actions))
+
+    await asyncio.gather(*(decide(handle, plan) for handle, plan in zip(handles, plans, strict=True)))
+
+    async def final_status(handle: Any) -> str:
+        status = await eventually(
+            lambda: _ended(handle), f"{handle.workflow_id} to end (cancelled or finished)", WAIT_SECONDS
+        )
+        return str(status)
+
+    statuses = [await final_status(handle) for handle in handles]
+    for handle, plan, status in zip(handles, plans, statuses, strict=True):
+        runs_of_tool = executed.count(handle.workflow_id)
+        assert runs_of_tool <= 1, (handle.workflow_id, plan, status)
+        if plan == "approve":
+            assert (status, runs_of_tool) == ("SUCCESS", 1), (handle.workflow_id, plan)
+            assert (await handle.result()).output == "done: refunded 10"
+        elif plan == "cancel":
+            assert (status, runs_of_tool) == ("CANCELLED", 0), (handle.workflow_id, plan)
+        else:
+            assert status in ("SUCCESS", "CANCELLED"), (handle.workflow_id, plan, status)
+            assert status == "CANCELLED" or runs_of_tool == 1, (handle.workflow_id, plan, status)
+    assert set(plans) == {"approve", "cancel", "both"}  # the seed exercises all three
+
+    await eventually(lambda: not any(parked(h.workflow_id) for h in handles), "no run left parked")
+    await eventually(lambda: _held_outside_the_pool(database_url) == before, "every connection to be given back")
+
+
+async def _ended(handle: Any) -> str | None:
+    status = (await handle.status()).status
+    return status if status in ("SUCCESS", "CANCELLED", "ERROR") else None
