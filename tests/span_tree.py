@@ -22,6 +22,7 @@ def span_dict(span: Any) -> dict[str, Any]:
         "span_id": format(span.context.span_id, "016x"),
         "parent_id": format(span.parent.span_id, "016x") if span.parent else None,
         "start": span.start_time,
+        "status": span.status.status_code.name,  # UNSET, OK or ERROR
         "attributes": {k: (list(v) if isinstance(v, tuple) else v) for k, v in (span.attributes or {}).items()},
         "events": [
             {

@@ -23,8 +23,10 @@ from pydantic_ai.models.function import AgentInfo, FunctionModel
 from pydantic_ai.models.test import TestModel
 
 from dbos_pydantic_ai import DBOSAgent, approve_async, dbos_config, read_events
+from dbos_pydantic_ai._parking import parked_run_ids
 from dbos_pydantic_ai.exceptions import UserError
 from dbos_pydantic_ai.names import TRACE_EVENT
+from dbos_pydantic_ai.tracing import REPLAYED
 from span_tree import children, render, span_dict
 from test_approvals import Scripted, pending_calls, refund_agent, start
 from test_mcp import CountingServer, weather_model
@@ -250,6 +252,38 @@ async def test_an_approval_wait_is_recorded_as_span_events(agent_name: str, laun
     assert events["approval.resolved"][1]["dbos_pydantic_ai.approval.waited_seconds"] >= 0
     [tool] = named(spans, f"{agent_name}__tool.refund")
     assert tool["attributes"]["dbos.step.replayed"] is False and executed == [10]
+
+
+async def test_a_parked_execution_ends_ok_and_the_woken_one_links_to_it(
+    agent_name: str, launch_traced: Callable[[], None]
+) -> None:
+    """A run that parks ends its execution with `RunParked`, which DBOS would mark as an error on the workflow span.
+    It ends OK instead, marked parked, with an `approval.parked` event; the execution a decision wakes is the next
+    one, linked to it, and replays the recorded model request."""
+    durable = refund_agent(agent_name, Scripted([("refund", {"amount": 10}, "c1")]), [], park_after=0.2)
+    launch_traced()
+    handle = await durable.start("go", workflow_id="wf-parked")
+    [pending] = await pending_calls("wf-parked", 1, None)
+    for _ in range(600):
+        if "wf-parked" in parked_run_ids():
+            break
+        await asyncio.sleep(0.05)
+    await approve_async("wf-parked", "c1", args_digest=pending.args_digest)
+    await asyncio.wait_for(handle.result(), 60)
+
+    spans = spans_of("wf-parked")
+    first, second = named(spans, f"{agent_name}.run")
+    assert (first["status"], first["attributes"].get("dbos_pydantic_ai.parked")) == ("OK", True), render(spans)
+    assert (second["status"], second["attributes"].get("dbos_pydantic_ai.parked")) == ("OK", None)
+    assert second["attributes"]["dbos_pydantic_ai.execution"] == 2
+    assert second["links"] == [{"trace_id": first["trace_id"], "span_id": first["span_id"]}]
+    in_first = [s for s in spans if s["trace_id"] == first["trace_id"]]
+    events = {e["name"]: e["attributes"] for s in in_first for e in s["events"] if e["name"].startswith("approval.")}
+    assert set(events) == {"approval.requested", "approval.parked"}
+    assert events["approval.parked"]["dbos_pydantic_ai.approval.wait_id"] == pending.wait_id
+    assert events["approval.parked"]["dbos_pydantic_ai.approval.waited_seconds"] >= 0.2
+    [replayed, answered] = named([s for s in spans if s["trace_id"] == second["trace_id"]], "chat ")
+    assert (replayed["attributes"][REPLAYED], answered["attributes"][REPLAYED]) == (True, False)
 
 
 async def test_stream_writes_are_span_events_with_their_offsets(

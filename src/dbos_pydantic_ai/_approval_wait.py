@@ -37,7 +37,7 @@ from .names import (
     approvals_timeout_step,
     approvals_wait_step,
 )
-from .tracing import approval_event
+from .tracing import approval_event, execution_parked
 
 __all__ = ["wait_for_decisions"]
 
@@ -174,6 +174,8 @@ async def wait_for_decisions(
             wait = max(0.0, deadline - time.time())
         received, message = await _receive(wait, park_after, workflow_id, wait_id, pending)
         if not received:
+            approval_event("parked", wait_id, started["at"], at=time.time())
+            execution_parked(workflow_id)
             raise park(workflow_id, wait_id, frozenset(pending), deadline if rows_at_deadline is None else None)
         if message is None:
             if deadline is None or rows_at_deadline is not None:

@@ -10,8 +10,9 @@ tracing (`enable_otlp`) on, one execution of a durable run is one trace: DBOS's 
   step: a step replayed from the database after a crash says so, so no span pretends the model was called again;
 - on a recovered run, a link from the new execution's workflow span to the previous execution's (its trace context
   is kept in the run's `dbos_pydantic_ai.trace` event), with `dbos_pydantic_ai.execution` counting executions;
-- approval waits as span events (`approval.requested`, `approval.decided`, `approval.resolved`: wait id, tool call,
-  decision, seconds waited) and stream writes as `stream.write` events with their offsets.
+- approval waits as span events (`approval.requested`, `approval.decided`, `approval.resolved`, `approval.parked`:
+  wait id, tool call, decision, seconds waited) and stream writes as `stream.write` events with their offsets;
+- an execution that ends because its run parked is not a failure: its workflow span ends OK, marked parked.
 
 Nothing here runs unless DBOS's tracing is on; OpenTelemetry is imported only then (the `otel` extra).
 """
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
 __all__ = [
     "APPROVAL_WAIT_ID",
     "EXECUTION",
+    "PARKED",
     "REPLAYED",
     "STEP_ID",
     "STEP_NAME",
@@ -53,6 +55,7 @@ STEP_NAME = "dbos.step.name"
 REPLAYED = "dbos.step.replayed"
 EXECUTION = "dbos_pydantic_ai.execution"
 PREVIOUS_TRACE_ID = "dbos_pydantic_ai.previous_trace_id"
+PARKED = "dbos_pydantic_ai.parked"
 APPROVAL_WAIT_ID = "dbos_pydantic_ai.approval.wait_id"
 STREAM_OFFSET = "dbos.stream.offset"
 STREAM_KEY_ATTRIBUTE = "dbos.stream.key"
@@ -286,6 +289,22 @@ def approval_event(name: str, wait_id: int, requested_at: float, **fields: Any) 
         elif isinstance(value, (list, tuple)):
             attributes[f"dbos_pydantic_ai.approval.{key}"] = [str(item) for item in value]
     span.add_event(f"approval.{name}", attributes)
+
+
+def execution_parked(workflow_id: str) -> None:
+    """Mark this execution's workflow span as ended by a park (`RunParked`), with status OK.
+
+    DBOS sets ERROR on a workflow span whose function raised anything, `RunParked` included; an OpenTelemetry span
+    ignores any status set after OK, so a parked execution does not count as a failed run in a backend's error rate.
+    """
+    if not _active() or _processor is None:
+        return
+    from opentelemetry.trace import Status, StatusCode
+
+    span = _processor.workflow_span(workflow_id)
+    if span is not None and span.is_recording():
+        span.set_attribute(PARKED, True)
+        span.set_status(Status(StatusCode.OK))
 
 
 # --- Streams (hooks in streams.py) -------------------------------------------------------------------------
