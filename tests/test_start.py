@@ -9,16 +9,19 @@ storable before anything is written. SQLite and PostgreSQL each.
 from __future__ import annotations
 
 import asyncio
+import re
 import subprocess
 import sys
 import textwrap
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from dbos import DBOS
 from dbos import error as dbos_error
 from pydantic_ai import Agent, PartDeltaEvent, PartStartEvent
@@ -26,14 +29,20 @@ from pydantic_ai.exceptions import UserError
 from pydantic_ai.messages import ModelMessage, ModelResponse, TextPart, TextPartDelta, UserPromptPart
 from pydantic_ai.models.function import AgentInfo, FunctionModel
 
+from conftest import create_postgres_database
 from dbos_pydantic_ai import (
     DBOSAgent,
     NotSerializableError,
     RunAlreadyActiveError,
     RunHandle,
+    dbos_config,
+    runs,
     start_run,
     start_run_async,
 )
+from dbos_pydantic_ai._kept import KEPT_APPLICATION_NAME
+from dbos_pydantic_ai.config import redact_url
+from dbos_pydantic_ai.exceptions import DatabaseUnreachableError
 from dbos_pydantic_ai.streams import DurableStreamEvent
 
 WAIT = 60.0  # generous bound for anything that waits: never asserted as a timing
@@ -383,6 +392,75 @@ async def test_start_run_needs_a_registered_queue(
     with pytest.raises(UserError, match=r"DBOS\.register_queue"):
         await start_run_async(agent_name, "x", database_url=database_url, queue="nobody_listens")
     assert await workflows() == []
+
+
+def kept_connection_pids(database_url: str) -> set[int]:
+    """The server processes of the connections this process keeps on the test's PostgreSQL database."""
+    checker = sa.create_engine(database_url, poolclass=sa.pool.NullPool)
+    try:
+        with checker.connect() as connection:
+            rows = connection.execute(
+                sa.text(
+                    "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND application_name = :n"
+                ),
+                {"n": KEPT_APPLICATION_NAME},
+            )
+            return {int(pid) for (pid,) in rows}
+    finally:
+        checker.dispose()
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    url, drop = create_postgres_database()
+    try:
+        yield url
+    finally:
+        drop()
+
+
+async def test_start_run_and_handles_by_url_keep_one_connection(
+    agent_name: str, postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Twenty starts, status reads and cancels by `database_url` (a web app's requests) go over one kept connection:
+    one server process serves them all, where a client per call connected twenty times. A connection the server
+    closed meanwhile (a restart, an idle timeout) is replaced, not handed out broken."""
+    make_agent(agent_name, GatedModel())
+    DBOS.destroy()
+    DBOS(config=dbos_config("dbos_pai_test", database_url=postgres_url, application_version="test"))
+    DBOS.launch()
+    try:
+        await DBOS.register_queue_async(QUEUE, polling_interval_sec=3600)  # nothing is dequeued: only starts count
+        seen: set[int] = set()
+        for i in range(20):
+            handle = await start_run_async(agent_name, f"run {i}", database_url=postgres_url, queue=QUEUE)
+            by_url = RunHandle(handle.workflow_id, database_url=postgres_url)
+            assert (await by_url.status()).status == "ENQUEUED"
+            await asyncio.to_thread(by_url.cancel_sync)
+            assert (await asyncio.to_thread(by_url.status_sync)).status == "CANCELLED"
+            seen |= kept_connection_pids(postgres_url)
+        assert len(seen) == 1, seen
+
+        checker = sa.create_engine(postgres_url, poolclass=sa.pool.NullPool)
+        with checker.connect() as connection:
+            connection.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": seen.pop()})
+        checker.dispose()
+        handle = await asyncio.to_thread(start_run, agent_name, "after", database_url=postgres_url, queue=QUEUE)
+        assert (await RunHandle(handle.workflow_id, database_url=postgres_url).status()).status == "ENQUEUED"
+    finally:
+        DBOS.destroy()
+
+
+async def test_start_run_on_an_unreachable_database_names_it_and_keeps_nothing(agent_name: str, tmp_path: Path) -> None:
+    missing = f"sqlite:///{tmp_path / 'nowhere.sqlite'}"
+    closed_port = "postgresql://postgres@127.0.0.1:1/nothing"
+    for url in (missing, closed_port):
+        with pytest.raises(DatabaseUnreachableError, match=re.escape(redact_url(url))):
+            await start_run_async(agent_name, "x", database_url=url, queue=QUEUE)
+        with pytest.raises(DatabaseUnreachableError):
+            await RunHandle("wf-x", database_url=url).status()
+    assert not (tmp_path / "nowhere.sqlite").exists()  # not created by the attempt
+    assert all(key[1] not in (missing, closed_port) for key in runs._kept_clients._kept)
 
 
 # --- Refused before anything is written ----------------------------------------------------------

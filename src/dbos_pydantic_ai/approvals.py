@@ -28,8 +28,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import os
-import threading
 import time
 import weakref
 from dataclasses import dataclass
@@ -42,8 +40,9 @@ from pydantic_ai.exceptions import UserError
 
 from ._approval_table import TIMED_OUT, create_decisions_table, decisions_table, launched_decisions, wait_rows
 from ._compat import dbos_launched, launched_system_database
+from ._kept import KeptPerDatabase, kept_engine
 from ._safe_read import safe_get_event
-from ._serialization import SERIALIZER_ENV, serializer_for
+from ._serialization import serializer_for
 from .config import _sqlite_path, system_database_error, system_engine
 from .names import (
     APPROVALS_EVENT,
@@ -129,9 +128,8 @@ _launched_clients: weakref.WeakKeyDictionary[Any, DBOSClient] = weakref.WeakKeyD
 def _open(database_url: str | None, *, trust_pickle: bool = False, shared: bool = False) -> _Connection:
     """Connect to the launched DBOS's system database (`database_url=None`) or to `database_url`.
 
-    `shared`: for the connection the module's functions keep per database URL, which outlives any one call: it
-    checks a pooled PostgreSQL connection before use (the server may have closed it since), and opens the SQLite
-    file at each use instead of holding it open.
+    `shared`: for the connection the module's functions keep per database URL, which outlives any one call (on an
+    engine fit to be kept, `_kept.kept_engine`).
     """
     engine: sa.Engine  # the launched DBOS's (an `OptionEngine`, a subclass) or one opened here
     if database_url is None:
@@ -151,11 +149,7 @@ def _open(database_url: str | None, *, trust_pickle: bool = False, shared: bool 
         sqlite_file = _sqlite_path(database_url)
         if sqlite_file is not None and not sqlite_file.exists():
             raise UserError(system_database_error(database_url, FileNotFoundError(str(sqlite_file))))
-        engine, schema = system_engine(
-            database_url,
-            sqlite={"poolclass": sa.pool.NullPool} if shared else None,
-            postgres={"pool_pre_ping": True, "pool_size": 4, "max_overflow": 4} if shared else None,
-        )
+        engine, schema = kept_engine(database_url) if shared else system_engine(database_url)
         owned = True
         try:
             # Decisions are sent with the serializer the workers read (typed JSON unless DBOS_PYDANTIC_AI_SERIALIZER).
@@ -292,32 +286,16 @@ class ApprovalInbox:
         )
 
 
-class _SharedInboxes:
-    """The inboxes the module's functions decide with: one per database URL, kept open between calls.
+class _SharedInboxes(KeptPerDatabase[ApprovalInbox]):
+    """The inboxes the module's functions decide with: one per database URL, kept between calls (`_kept.py`)."""
 
-    A `DBOSClient` and a connection pool per call made each decision pay for connecting and for setting up a
-    client (about 30 ms); kept, a decision costs its few round trips. At most `size` URLs are kept, per process (a
-    forked child opens its own); the least recently used is dropped, not closed, so that a call still using it
-    finishes: its connections close when it is garbage-collected.
-    """
-
-    def __init__(self, size: int = 4) -> None:
-        self._size = size
-        self._inboxes: dict[tuple[int, str, str | None], ApprovalInbox] = {}
-        self._lock = threading.Lock()
+    def __init__(self) -> None:
+        super().__init__(ApprovalInbox._kept)
 
     def get(self, database_url: str | None) -> ApprovalInbox:
         if database_url is None:
             return ApprovalInbox()  # the launched DBOS's client and engine, kept by DBOS already
-        key = (os.getpid(), database_url, os.environ.get(SERIALIZER_ENV))  # decisions are written with it
-        with self._lock:
-            inbox = self._inboxes.pop(key, None)
-            if inbox is None:
-                inbox = ApprovalInbox._kept(database_url)
-            self._inboxes[key] = inbox  # the most recently used last
-            while len(self._inboxes) > self._size:
-                del self._inboxes[next(iter(self._inboxes))]
-        return inbox
+        return super().get(database_url)
 
 
 _shared_inboxes = _SharedInboxes()

@@ -25,6 +25,7 @@ from pydantic_ai.exceptions import UserError
 from pydantic_ai.run import AgentRunResult
 
 from ._compat import dbos_launched, run_on_dbos_loop
+from ._kept import KeptPerDatabase, open_kept_client
 from ._serialization import ensure_serializable
 from ._steps import in_workflow
 from .exceptions import RunAlreadyActiveError
@@ -42,6 +43,9 @@ _ACTIVE_STATUSES = ["ENQUEUED", "PENDING", "DELAYED"]
 
 # Run arguments that live only in the starting process: a started run is not tied to its caller.
 _LIVE_ONLY = ("event_stream_handler", "cancellation_token")
+
+# Starting, status and cancel by `database_url` share a client per URL (`_kept.py`); a result wait opens its own.
+_kept_clients: KeptPerDatabase[DBOSClient] = KeptPerDatabase(open_kept_client)
 
 
 # --- Checking a start before anything is written --------------------------------------------------
@@ -303,11 +307,8 @@ def start_run(
     options = StartOptions(queue, workflow_id, deduplication_id, priority)
     _check_start_run(agent_name, database_url, options)
     inputs = _client_inputs(user_prompt, run_args, stream_events=stream_events)
-    client = new_client(database_url)
-    try:
-        started = _enqueue_with(client, agent_name, user_prompt, inputs, options, app_version)
-    finally:
-        client.destroy()
+    client = _kept_clients.get(database_url)
+    started = _enqueue_with(client, agent_name, user_prompt, inputs, options, app_version)
     return RunHandle(started, stream_events=stream_events, database_url=database_url)
 
 
@@ -328,11 +329,8 @@ async def start_run_async(
     options = StartOptions(queue, workflow_id, deduplication_id, priority)
     _check_start_run(agent_name, database_url, options)
     inputs = _client_inputs(user_prompt, run_args, stream_events=stream_events)
-    client = await _open_client(database_url)
-    try:
-        started = await asyncio.to_thread(_enqueue_with, client, agent_name, user_prompt, inputs, options, app_version)
-    finally:
-        await asyncio.to_thread(client.destroy)
+    client = await asyncio.to_thread(_kept_clients.get, database_url)  # a cancelled caller leaves it kept, not open
+    started = await asyncio.to_thread(_enqueue_with, client, agent_name, user_prompt, inputs, options, app_version)
     return RunHandle(started, stream_events=stream_events, database_url=database_url)
 
 
@@ -344,7 +342,8 @@ class RunHandle:
 
     Returned by `DBOSAgent.start()`, `start_sync()` and `start_run()`; build one from a workflow id to follow a run
     started elsewhere (another request of a web app, say). With `database_url` it works through a `DBOSClient` on
-    that database (opened per call), in any process; without, through the DBOS launched in this process.
+    that database, in any process (kept per URL between calls; a `result()` wait opens its own); without, through the
+    DBOS launched in this process.
 
     Args:
         workflow_id: The run's workflow id.
@@ -429,13 +428,10 @@ class RunHandle:
             return self._found(
                 await DBOS.list_workflows_async(workflow_ids=[self.workflow_id], load_input=False, load_output=False)
             )
-        client = await _open_client(self.database_url)
-        try:
-            return self._found(
-                await client.list_workflows_async(workflow_ids=[self.workflow_id], load_input=False, load_output=False)
-            )
-        finally:
-            await asyncio.to_thread(client.destroy)
+        client = await asyncio.to_thread(_kept_clients.get, self.database_url)
+        return self._found(
+            await client.list_workflows_async(workflow_ids=[self.workflow_id], load_input=False, load_output=False)
+        )
 
     def status_sync(self) -> WorkflowStatus:
         """`status()`, blocking (not from inside an event loop)."""
@@ -444,13 +440,8 @@ class RunHandle:
             return self._found(
                 DBOS.list_workflows(workflow_ids=[self.workflow_id], load_input=False, load_output=False)
             )
-        client = new_client(self.database_url)
-        try:
-            return self._found(
-                client.list_workflows(workflow_ids=[self.workflow_id], load_input=False, load_output=False)
-            )
-        finally:
-            client.destroy()
+        client = _kept_clients.get(self.database_url)
+        return self._found(client.list_workflows(workflow_ids=[self.workflow_id], load_input=False, load_output=False))
 
     # events
 
@@ -478,11 +469,8 @@ class RunHandle:
             self._check_local()
             await DBOS.cancel_workflow_async(self.workflow_id)
             return
-        client = await _open_client(self.database_url)
-        try:
-            await client.cancel_workflow_async(self.workflow_id)
-        finally:
-            await asyncio.to_thread(client.destroy)
+        client = await asyncio.to_thread(_kept_clients.get, self.database_url)
+        await client.cancel_workflow_async(self.workflow_id)
 
     def cancel_sync(self) -> None:
         """`cancel()`, blocking (not from inside an event loop)."""
@@ -490,8 +478,4 @@ class RunHandle:
             self._check_local()
             DBOS.cancel_workflow(self.workflow_id)
             return
-        client = new_client(self.database_url)
-        try:
-            client.cancel_workflow(self.workflow_id)
-        finally:
-            client.destroy()
+        _kept_clients.get(self.database_url).cancel_workflow(self.workflow_id)
