@@ -8,6 +8,7 @@ fixture turns it off again, and the next `DBOS(...)` without `tracing` turns DBO
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -23,9 +24,10 @@ from pydantic_ai.models.function import AgentInfo, FunctionModel
 from pydantic_ai.models.test import TestModel
 
 from dbos_pydantic_ai import DBOSAgent, approve_async, dbos_config, read_events
+from dbos_pydantic_ai._compat import active_workflow_ids
 from dbos_pydantic_ai._parking import parked_run_ids
 from dbos_pydantic_ai.exceptions import UserError
-from dbos_pydantic_ai.names import TRACE_EVENT
+from dbos_pydantic_ai.names import APPROVALS_EVENT, TRACE_EVENT
 from dbos_pydantic_ai.tracing import REPLAYED
 from span_tree import children, render, span_dict
 from test_approvals import Scripted, pending_calls, refund_agent, start
@@ -254,35 +256,62 @@ async def test_an_approval_wait_is_recorded_as_span_events(agent_name: str, laun
     assert tool["attributes"]["dbos.step.replayed"] is False and executed == [10]
 
 
-async def test_a_parked_execution_ends_ok_and_the_woken_one_links_to_it(
+async def test_parked_executions_end_ok_and_each_woken_one_links_to_the_last(
     agent_name: str, launch_traced: Callable[[], None]
 ) -> None:
     """A run that parks ends its execution with `RunParked`, which DBOS would mark as an error on the workflow span.
-    It ends OK instead, marked parked, with an `approval.parked` event; the execution a decision wakes is the next
-    one, linked to it, and replays the recorded model request."""
-    durable = refund_agent(agent_name, Scripted([("refund", {"amount": 10}, "c1")]), [], park_after=0.2)
+    It ends OK instead, marked parked, with an `approval.parked` event. Two calls decided one at a time make three
+    executions: the second (woken by the first decision) parks again before any model request, and is still numbered
+    and linked (its approval check is a live step), so the chain is 1 -> 2 -> 3."""
+    model = Scripted([("refund", {"amount": 10}, "c1"), ("refund", {"amount": 20}, "c2")])
+    durable = refund_agent(agent_name, model, [], park_after=0.2)
     launch_traced()
     handle = await durable.start("go", workflow_id="wf-parked")
-    [pending] = await pending_calls("wf-parked", 1, None)
-    for _ in range(600):
-        if "wf-parked" in parked_run_ids():
-            break
-        await asyncio.sleep(0.05)
-    await approve_async("wf-parked", "c1", args_digest=pending.args_digest)
+    first_call, second_call = await pending_calls("wf-parked", 2, None)  # type: ignore[arg-type]
+
+    async def until(condition: Callable[[], Any]) -> None:
+        for _ in range(1200):
+            if await condition():
+                return
+            await asyncio.sleep(0.05)
+        pytest.fail(render(spans_of("wf-parked")))
+
+    async def parked() -> bool:
+        return "wf-parked" in parked_run_ids() and "wf-parked" not in active_workflow_ids()
+
+    async def decided(call_id: str) -> bool:
+        state = await DBOS.get_event_async("wf-parked", APPROVALS_EVENT, timeout_seconds=0)
+        return state is not None and call_id in state["decided"]
+
+    await until(parked)
+    await approve_async("wf-parked", first_call.tool_call_id, args_digest=first_call.args_digest)
+    await until(lambda: decided(first_call.tool_call_id))
+    await until(parked)
+    await approve_async("wf-parked", second_call.tool_call_id, args_digest=second_call.args_digest)
     await asyncio.wait_for(handle.result(), 60)
 
     spans = spans_of("wf-parked")
-    first, second = named(spans, f"{agent_name}.run")
-    assert (first["status"], first["attributes"].get("dbos_pydantic_ai.parked")) == ("OK", True), render(spans)
-    assert (second["status"], second["attributes"].get("dbos_pydantic_ai.parked")) == ("OK", None)
-    assert second["attributes"]["dbos_pydantic_ai.execution"] == 2
-    assert second["links"] == [{"trace_id": first["trace_id"], "span_id": first["span_id"]}]
-    in_first = [s for s in spans if s["trace_id"] == first["trace_id"]]
-    events = {e["name"]: e["attributes"] for s in in_first for e in s["events"] if e["name"].startswith("approval.")}
-    assert set(events) == {"approval.requested", "approval.parked"}
-    assert events["approval.parked"]["dbos_pydantic_ai.approval.wait_id"] == pending.wait_id
-    assert events["approval.parked"]["dbos_pydantic_ai.approval.waited_seconds"] >= 0.2
-    [replayed, answered] = named([s for s in spans if s["trace_id"] == second["trace_id"]], "chat ")
+    executions = named(spans, f"{agent_name}.run")
+    assert [(s["status"], s["attributes"].get("dbos_pydantic_ai.parked")) for s in executions] == [
+        ("OK", True),
+        ("OK", True),
+        ("OK", None),
+    ], render(spans)
+    assert [s["attributes"].get("dbos_pydantic_ai.execution") for s in executions] == [1, 2, 3], render(spans)
+    for previous, execution in itertools.pairwise(executions):
+        assert execution["links"] == [{"trace_id": previous["trace_id"], "span_id": previous["span_id"]}]
+
+    def approval_events(execution: dict[str, Any]) -> dict[str, dict[str, Any]]:
+        inside = [s for s in spans if s["trace_id"] == execution["trace_id"]]
+        return {e["name"]: e["attributes"] for s in inside for e in s["events"] if e["name"].startswith("approval.")}
+
+    first_events = approval_events(executions[0])
+    assert set(first_events) == {"approval.requested", "approval.parked"}
+    assert first_events["approval.parked"]["dbos_pydantic_ai.approval.wait_id"] == first_call.wait_id
+    assert first_events["approval.parked"]["dbos_pydantic_ai.approval.waited_seconds"] >= 0.2
+    assert set(approval_events(executions[1])) == {"approval.requested", "approval.decided", "approval.parked"}
+    last = [s for s in spans if s["trace_id"] == executions[2]["trace_id"]]
+    [replayed, answered] = named(last, "chat ")
     assert (replayed["attributes"][REPLAYED], answered["attributes"][REPLAYED]) == (True, False)
 
 

@@ -37,7 +37,7 @@ from .names import (
     approvals_timeout_step,
     approvals_wait_step,
 )
-from .tracing import approval_event, execution_parked
+from .tracing import announce_execution, approval_event, execution_parked
 
 __all__ = ["wait_for_decisions"]
 
@@ -240,8 +240,11 @@ async def wait_for_decisions(
 
 
 async def _recorded_decision(workflow_id: str, wait_id: int, tool_call_id: str) -> dict[str, Any] | None:
-    """Recorded as a step: the table's row for one call, so a replay judges a message as the first run did."""
+    """Recorded as a step: the table's row for one call, so a replay judges a message as the first run did.
 
+    A live step: it links the execution's trace to the previous one, as a model request would. A woken run that
+    parks again before its next model request (one of two calls decided) has no other live step of ours."""
+    await announce_execution()
     return await asyncio.to_thread(with_dbos_db_retry, lambda: _wait_rows(workflow_id, wait_id).get(tool_call_id))
 
 

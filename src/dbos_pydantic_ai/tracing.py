@@ -222,6 +222,12 @@ def step_trace(name: str, step_id: int | None = None) -> StepTrace | None:
     return StepTrace(name, step_id) if _active() else None
 
 
+async def announce_execution() -> None:
+    """From inside a live step of this library that has no `StepTrace` (an approval check): `_announce_execution`."""
+    if _active():
+        await _announce_execution()
+
+
 async def _announce_execution() -> None:
     """Once per execution of a run, at its first live step: link the workflow span to the previous execution's
     (read from the run's trace event) and store this execution's trace context in its place.
