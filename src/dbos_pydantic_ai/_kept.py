@@ -1,8 +1,8 @@
-"""Connections kept per database URL between calls, for the functions that take `database_url=`.
+"""Clients by database URL for the functions that take `database_url=`: opened on an engine of ours, checked, kept.
 
 `start_run()`, `RunHandle(database_url=...)` and the approvals functions are called once per request by a web app
-or a bot. A `DBOSClient` and its pool opened per call cost about 18 ms on PostgreSQL (connecting, setting up the
-client); kept, a call costs its round trips (about 1 ms). What is kept:
+or a bot. A `DBOSClient` and its pool opened per call cost 20-28 ms on PostgreSQL (a new server connection and the
+client's set-up); kept, a call costs its round trips, 1.4-3 ms (`bench/calls_by_url.py`). What is kept:
 
 - an engine per URL that checks a pooled PostgreSQL connection before use (the server may have closed it since), and
   opens the SQLite file at each use instead of holding it open;
@@ -24,7 +24,7 @@ from ._serialization import SERIALIZER_ENV, serializer_for
 from .config import _sqlite_path, system_database_error, system_engine
 from .exceptions import DatabaseUnreachableError
 
-__all__ = ["KEPT_APPLICATION_NAME", "KeptPerDatabase", "kept_engine", "open_kept_client"]
+__all__ = ["KEPT_APPLICATION_NAME", "KeptPerDatabase", "kept_engine", "open_client", "open_kept_client"]
 
 T = TypeVar("T")
 
@@ -67,8 +67,9 @@ def kept_engine(database_url: str) -> tuple[Any, str | None]:
     )
 
 
-def open_kept_client(database_url: str) -> DBOSClient:
-    """A `DBOSClient` on a kept engine, writing with the workers' serializer; checked to reach DBOS's tables.
+def open_client(database_url: str, *, kept: bool) -> tuple[DBOSClient, Any, str | None]:
+    """A `DBOSClient` on an engine of ours at `database_url` (fit to be kept when `kept`), writing with the workers'
+    serializer, checked to reach DBOS's tables; with the engine and DBOS's schema.
 
     Unreachable, or a SQLite file that does not exist (DBOS would create an empty one): `DatabaseUnreachableError`,
     with nothing left open.
@@ -76,11 +77,16 @@ def open_kept_client(database_url: str) -> DBOSClient:
     sqlite_file = _sqlite_path(database_url)
     if sqlite_file is not None and not sqlite_file.exists():
         raise DatabaseUnreachableError(system_database_error(database_url, FileNotFoundError(str(sqlite_file))))
-    engine, schema = kept_engine(database_url)
+    engine, schema = kept_engine(database_url) if kept else system_engine(database_url)
     try:
         client = DBOSClient(system_database_engine=engine, dbos_system_schema=schema, serializer=serializer_for())
         client.list_workflows(limit=1, load_input=False, load_output=False)  # DBOS's tables are there
     except Exception as error:
         engine.dispose()
         raise DatabaseUnreachableError(system_database_error(database_url, error)) from error
-    return client
+    return client, engine, schema
+
+
+def open_kept_client(database_url: str) -> DBOSClient:
+    """`open_client`, kept: what `KeptPerDatabase` opens for `start_run` and `RunHandle`."""
+    return open_client(database_url, kept=True)[0]

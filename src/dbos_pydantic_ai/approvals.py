@@ -40,10 +40,8 @@ from pydantic_ai.exceptions import UserError
 
 from ._approval_table import TIMED_OUT, create_decisions_table, decisions_table, launched_decisions, wait_rows
 from ._compat import dbos_launched, launched_system_database
-from ._kept import KeptPerDatabase, kept_engine
+from ._kept import KeptPerDatabase, open_client
 from ._safe_read import safe_get_event
-from ._serialization import serializer_for
-from .config import _sqlite_path, system_database_error, system_engine
 from .names import (
     APPROVALS_EVENT,
     DECISION_TOPIC,
@@ -146,18 +144,9 @@ def _open(database_url: str | None, *, trust_pickle: bool = False, shared: bool 
             client = DBOSClient(system_database_engine=engine, dbos_system_schema=schema, serializer=sys_db.serializer)
             _launched_clients[sys_db.key] = client
     else:
-        sqlite_file = _sqlite_path(database_url)
-        if sqlite_file is not None and not sqlite_file.exists():
-            raise UserError(system_database_error(database_url, FileNotFoundError(str(sqlite_file))))
-        engine, schema = kept_engine(database_url) if shared else system_engine(database_url)
+        # Decisions are sent with the serializer the workers read (typed JSON unless DBOS_PYDANTIC_AI_SERIALIZER).
+        client, engine, schema = open_client(database_url, kept=shared)
         owned = True
-        try:
-            # Decisions are sent with the serializer the workers read (typed JSON unless DBOS_PYDANTIC_AI_SERIALIZER).
-            client = DBOSClient(system_database_engine=engine, dbos_system_schema=schema, serializer=serializer_for())
-            client.list_workflows(limit=1, load_input=False, load_output=False)  # DBOS's tables are there
-        except Exception as error:
-            engine.dispose()
-            raise UserError(system_database_error(database_url, error)) from error
     connection = _Connection(client, engine, decisions_table(schema), owned, trust_pickle)
     try:
         if owned:
