@@ -40,7 +40,7 @@ from dbos_pydantic_ai import (
     start_run,
     start_run_async,
 )
-from dbos_pydantic_ai._kept import KEPT_APPLICATION_NAME
+from dbos_pydantic_ai._kept import KEPT_APPLICATION_NAME, KeptPerDatabase
 from dbos_pydantic_ai.config import redact_url
 from dbos_pydantic_ai.exceptions import DatabaseUnreachableError
 from dbos_pydantic_ai.streams import DurableStreamEvent
@@ -461,6 +461,35 @@ async def test_start_run_on_an_unreachable_database_names_it_and_keeps_nothing(a
             await RunHandle("wf-x", database_url=url).status()
     assert not (tmp_path / "nowhere.sqlite").exists()  # not created by the attempt
     assert all(key[1] not in (missing, closed_port) for key in runs._kept_clients._kept)
+
+
+def test_a_database_slow_to_open_does_not_hold_up_the_others() -> None:
+    """`KeptPerDatabase` opens outside its lock: a URL whose connect hangs (an unreachable host) does not block a
+    call on another URL; and of two threads opening one URL at once, the first kept is the one everybody gets."""
+    slow_may_finish = threading.Event()
+    opened: list[str] = []
+
+    def open_one(url: str) -> object:
+        if url == "slow":
+            assert slow_may_finish.wait(WAIT)
+        opened.append(url)
+        return object()
+
+    kept: KeptPerDatabase[object] = KeptPerDatabase(open_one)
+    results: dict[str, object] = {}
+    slow = threading.Thread(target=lambda: results.update(slow=kept.get("slow")))
+    slow.start()
+    fast = kept.get("fast")  # returns while "slow" is still opening
+    assert opened == ["fast"] and slow.is_alive()
+
+    second = threading.Thread(target=lambda: results.update(second=kept.get("slow")))
+    second.start()
+    slow_may_finish.set()
+    slow.join(WAIT)
+    second.join(WAIT)
+    assert opened.count("slow") == 2  # both opened; one was kept
+    assert results["slow"] is results["second"] is kept.get("slow")
+    assert kept.get("fast") is fast
 
 
 # --- Refused before anything is written ----------------------------------------------------------

@@ -45,9 +45,15 @@ class KeptPerDatabase(Generic[T]):
         key = (os.getpid(), database_url, os.environ.get(SERIALIZER_ENV))  # what it writes depends on the serializer
         with self._lock:
             kept = self._kept.pop(key, None)
-            if kept is None:
-                kept = self._open(database_url)  # raises before anything is kept
-            self._kept[key] = kept  # the most recently used last
+            if kept is not None:
+                self._kept[key] = kept  # the most recently used last
+                return kept
+        # Opened outside the lock: a slow or unreachable database does not hold up calls on the others. It raises
+        # before anything is kept. Two threads may open one each: the first kept stays, the other is dropped.
+        opened = self._open(database_url)
+        with self._lock:
+            kept = self._kept.pop(key, opened)
+            self._kept[key] = kept
             while len(self._kept) > self._size:
                 del self._kept[next(iter(self._kept))]
         return kept
