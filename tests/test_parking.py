@@ -397,3 +397,42 @@ async def test_runs_cancelled_or_decided_at_random_moments_around_the_park_lose_
 async def _ended(handle: Any) -> str | None:
     status = (await handle.status()).status
     return status if status in ("SUCCESS", "CANCELLED", "ERROR") else None
+
+
+async def test_runs_decided_at_once_wake_a_few_at_a_time_oldest_first(
+    agent_name: str, launch_dbos: Callable[[], None], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Twelve parked runs decided at once: the waker wakes at most as many as leave fewer than 3 runs executing (one
+    at least), oldest parked first, instead of all twelve; every run still finishes, its tool run once."""
+    monkeypatch.setattr(_parking, "_WAKE_WHILE_EXECUTING_BELOW", 3)
+    monkeypatch.setattr(_parking, "_MIN_WAKES_PER_LOOK", 1)
+    runs = 12
+    executed: list[str | None] = []
+    durable = refund_agent(agent_name, FunctionModel(CountingModel()), executed)
+    launch_dbos()
+    handles = []
+    for i in range(runs):  # parked one after the other: wf-paced-0 first
+        handles.append(await durable.start("go", workflow_id=f"wf-paced-{i}"))
+        await eventually(lambda i=i: parked(f"wf-paced-{i}"), f"wf-paced-{i} to park")  # type: ignore[misc]
+
+    most_executing = 0
+    sampling = True
+
+    async def sample() -> None:
+        nonlocal most_executing
+        while sampling:
+            most_executing = max(most_executing, len(set(active_workflow_ids()) & {h.workflow_id for h in handles}))
+            await asyncio.sleep(0.01)
+
+    sampler = asyncio.create_task(sample())
+    calls = [(await pending_call_ids(h.workflow_id))[0] for h in handles]
+    await asyncio.gather(*(approve_refund(h.workflow_id, call) for h, call in zip(handles, calls, strict=True)))
+    outputs = [(await asyncio.wait_for(h.result(), WAIT_SECONDS)).output for h in handles]
+    sampling = False
+    await sampler
+
+    assert outputs == ["refunded 10"] * runs
+    assert sorted(executed, key=str) == sorted((h.workflow_id for h in handles), key=str)
+    assert 1 <= most_executing <= 4, most_executing  # 3, and one more a late dequeue may add; not 12
+    first_woken = executed[:2]
+    assert set(first_woken) <= {f"wf-paced-{i}" for i in range(4)}, executed  # the oldest parked went first

@@ -15,7 +15,7 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,13 +29,11 @@ from pydantic_ai.exceptions import UserError
 from pydantic_ai.messages import ModelMessage, ModelResponse, TextPart, TextPartDelta, UserPromptPart
 from pydantic_ai.models.function import AgentInfo, FunctionModel
 
-from conftest import create_postgres_database
 from dbos_pydantic_ai import (
     DBOSAgent,
     NotSerializableError,
     RunAlreadyActiveError,
     RunHandle,
-    dbos_config,
     runs,
     start_run,
     start_run_async,
@@ -410,45 +408,38 @@ def kept_connection_pids(database_url: str) -> set[int]:
         checker.dispose()
 
 
-@pytest.fixture
-def postgres_url() -> Iterator[str]:
-    url, drop = create_postgres_database()
-    try:
-        yield url
-    finally:
-        drop()
-
-
-async def test_start_run_and_handles_by_url_keep_one_connection(
-    agent_name: str, postgres_url: str, monkeypatch: pytest.MonkeyPatch
+async def test_start_run_and_handles_by_url_keep_one_client(
+    agent_name: str, launch_dbos: Callable[[], None], database_url: str
 ) -> None:
-    """Twenty starts, status reads and cancels by `database_url` (a web app's requests) go over one kept connection:
-    one server process serves them all, where a client per call connected twenty times. A connection the server
-    closed meanwhile (a restart, an idle timeout) is replaced, not handed out broken."""
+    """Twenty starts, status reads and cancels by `database_url` (a web app's requests) go through one kept client.
+    On PostgreSQL one server process serves them all, where a client per call connected twenty times, and a
+    connection the server closed meanwhile (a restart, an idle timeout) is replaced, not handed out broken."""
     make_agent(agent_name, GatedModel())
-    DBOS.destroy()
-    DBOS(config=dbos_config("dbos_pai_test", database_url=postgres_url, application_version="test"))
-    DBOS.launch()
-    try:
-        await DBOS.register_queue_async(QUEUE, polling_interval_sec=3600)  # nothing is dequeued: only starts count
-        seen: set[int] = set()
-        for i in range(20):
-            handle = await start_run_async(agent_name, f"run {i}", database_url=postgres_url, queue=QUEUE)
-            by_url = RunHandle(handle.workflow_id, database_url=postgres_url)
-            assert (await by_url.status()).status == "ENQUEUED"
-            await asyncio.to_thread(by_url.cancel_sync)
-            assert (await asyncio.to_thread(by_url.status_sync)).status == "CANCELLED"
-            seen |= kept_connection_pids(postgres_url)
-        assert len(seen) == 1, seen
+    launch_dbos()
+    on_postgres = not database_url.startswith("sqlite")
+    await DBOS.register_queue_async(QUEUE, polling_interval_sec=3600)  # nothing is dequeued: only starts count
+    seen: set[int] = set()
+    clients: set[int] = set()
+    for i in range(20):
+        handle = await start_run_async(agent_name, f"run {i}", database_url=database_url, queue=QUEUE)
+        by_url = RunHandle(handle.workflow_id, database_url=database_url)
+        assert (await by_url.status()).status == "ENQUEUED"
+        await asyncio.to_thread(by_url.cancel_sync)
+        assert (await asyncio.to_thread(by_url.status_sync)).status == "CANCELLED"
+        clients.add(id(runs._kept_clients.get(database_url)))
+        if on_postgres:
+            seen |= kept_connection_pids(database_url)
+    assert len(clients) == 1
+    if not on_postgres:
+        return  # SQLite: the kept engine opens the file at each use; there is no server connection to keep
+    assert len(seen) == 1, seen
 
-        checker = sa.create_engine(postgres_url, poolclass=sa.pool.NullPool)
-        with checker.connect() as connection:
-            connection.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": seen.pop()})
-        checker.dispose()
-        handle = await asyncio.to_thread(start_run, agent_name, "after", database_url=postgres_url, queue=QUEUE)
-        assert (await RunHandle(handle.workflow_id, database_url=postgres_url).status()).status == "ENQUEUED"
-    finally:
-        DBOS.destroy()
+    checker = sa.create_engine(database_url, poolclass=sa.pool.NullPool)
+    with checker.connect() as connection:
+        connection.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": seen.pop()})
+    checker.dispose()
+    handle = await asyncio.to_thread(start_run, agent_name, "after", database_url=database_url, queue=QUEUE)
+    assert (await RunHandle(handle.workflow_id, database_url=database_url).status()).status == "ENQUEUED"
 
 
 async def test_start_run_on_an_unreachable_database_names_it_and_keeps_nothing(agent_name: str, tmp_path: Path) -> None:
