@@ -9,7 +9,8 @@ as after a crash.
 Each process that parked runs has one `_Waker` thread. Once a second it reads the decisions made since its last
 look (one indexed query for all its parked runs) and hands every run that got a decision, or reached its deadline,
 back to its queue through DBOS's recovery path (`_compat.wake_parked_runs`). DBOS's dequeue admits one runner. The
-replay re-reads the recorded steps up to the wait, whose `recv` then returns the decision at once.
+replay re-reads the recorded steps up to the wait, whose `recv` then returns the decision at once. Many runs due at
+once are woken a few at a time, oldest parked first (`_WAKE_WHILE_EXECUTING_BELOW`).
 
 Nothing here decides correctness, only how soon a run goes on. A process that dies with parked runs leaves PENDING
 runs that DBOS recovers at the next launch like any other. A wake with nothing to do costs one replay: the run parks
@@ -23,7 +24,7 @@ import heapq
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
@@ -41,6 +42,11 @@ _TICK_SECONDS = 1.0
 _LOOK_BACK_MS = 5_000
 _FULL_CHECK_SECONDS = 60.0
 _CHUNK = 500
+# Runs executing in this process at once (woken ones included) above which a look wakes only `_MIN_WAKES_PER_LOOK`.
+# Each replay hands its database calls to DBOS's threads, which queue for its connection pool: a thousand runs woken
+# at once made a thousand threads. The rest stay due, in the order they parked, for the next looks.
+_WAKE_WHILE_EXECUTING_BELOW = 40
+_MIN_WAKES_PER_LOOK = 10
 
 
 class RunParked(BaseException):
@@ -61,6 +67,7 @@ class _Parked:
     wait_id: int
     pending: frozenset[str]  # the tool call ids still undecided when the run parked
     deadline: float | None
+    parked_at: float = field(default_factory=time.monotonic)  # due runs wake oldest first
 
 
 class _Waker:
@@ -136,10 +143,13 @@ class _Waker:
                 self._parked.pop(workflow_id, None)
         # A run still executing here (unwinding from its park, or resumed by hand) must not be dispatched a second
         # time: look at it again next time.
-        executing = set(active_workflow_ids()) & set(due)
-        for workflow_id in executing:
+        active = set(active_workflow_ids())
+        executing = active & set(due)
+        ids = sorted(set(due) - executing, key=lambda workflow_id: due[workflow_id].parked_at)
+        room = max(_MIN_WAKES_PER_LOOK, _WAKE_WHILE_EXECUTING_BELOW - len(active))
+        for workflow_id in [*executing, *ids[room:]]:  # due still: looked at again next time
             self.add(due[workflow_id])
-        ids = sorted(set(due) - executing)
+        ids = ids[:room]
         for start in range(0, len(ids), _CHUNK):
             chunk = ids[start : start + _CHUNK]
             try:
