@@ -318,7 +318,8 @@ async def test_timeout_denies_the_remaining_calls(
     assert row["args_digest"] == approval_args_digest("refund", {"amount": 10})
     assert row["decided_at_epoch_ms"] == int(state["decided"]["c1"]["at"] * 1000)
     assert approvals_timeout_step(agent_name) in await step_names("wf-timeout")
-    with pytest.raises(ApprovalRejected, match="is SUCCESS, not waiting"):
+    # The run finished: a decision now is told the call timed out, not only that the run no longer waits.
+    with pytest.raises(ApprovalRejected, match="'c1' of run 'wf-timeout' was not decided in time"):
         await approve_async("wf-timeout", "c1", args_digest=approval_args_digest("refund", {"amount": 10}))
 
 
@@ -494,18 +495,20 @@ async def test_rejected_decisions_change_nothing(agent_name: str, launch_dbos: C
     )
     rejected = [outcome for outcome in outcomes if isinstance(outcome, ApprovalRejected)]
     assert len(rejected) == 1
-    assert "already decided" in str(rejected[0]) or "is not waiting for a decision" in str(rejected[0])
+    assert "already decided" in str(rejected[0])
     approved = outcomes[0] is None
-    # A third decision is refused too: as already decided, or, once the run has taken the decision and moved
-    # on, as made to a run that no longer waits. Which one depends only on how fast the run reads its message.
-    with pytest.raises(ApprovalRejected, match=r"already decided|is not waiting for a decision"):
+    # A third decision is refused too, as already decided, however far the run got with the first: not yet read
+    # (the table's row), read and moved on (its published state), or finished.
+    with pytest.raises(ApprovalRejected, match=r"'c1' of run 'wf-reject' was already decided"):
         await approve_async("wf-reject", "c1", args_digest=digest)
     result = await finish(task)
 
     assert result.output == ("refund: refunded 10" if approved else "refund: no")
     assert executed == ([10] if approved else [])
-    with pytest.raises(ApprovalRejected, match="is SUCCESS, not waiting"):
+    with pytest.raises(ApprovalRejected, match=r"'c1' of run 'wf-reject' was already decided"):  # and finished
         await approve_async("wf-reject", "c1", args_digest=digest)
+    with pytest.raises(ApprovalRejected, match="is SUCCESS, not waiting"):  # a call it never asked about
+        await approve_async("wf-reject", "c9", args_digest=digest)
     await DBOS.send_async(other.workflow_id, "done", topic="go")
     assert await other.get_result() == "done"
 

@@ -345,9 +345,16 @@ def _decide(
     statuses = connection.client.list_workflows(workflow_ids=[workflow_id], load_input=False, load_output=False)
     if not statuses:
         raise ApprovalRejected(f"No run {workflow_id!r}: nothing to decide.")
+    state = _published_state(connection, workflow_id)
+    waiting = statuses[0].status == "PENDING" and state is not None and state["status"] == "waiting"
+    if not waiting and state is not None and tool_call_id in state.get("decided", {}):
+        # The run already read this call's decision and went on (or finished): that is the reason to give.
+        entry = next((e for e in state["calls"] if e["tool_call_id"] == tool_call_id), None)
+        if entry is not None and state["decided"][tool_call_id].get("decision") == TIMED_OUT:
+            raise ApprovalRejected(_too_late(workflow_id, entry, state["deadline"], timed_out=True))
+        raise ApprovalRejected(f"Tool call {tool_call_id!r} of run {workflow_id!r} was already decided.")
     if statuses[0].status != "PENDING":
         raise ApprovalRejected(f"Run {workflow_id!r} is {statuses[0].status}, not waiting for a decision.")
-    state = _published_state(connection, workflow_id)
     if state is None or state["status"] != "waiting":
         raise ApprovalRejected(f"Run {workflow_id!r} is not waiting for a decision.")
     entry = next((e for e in state["calls"] if e["tool_call_id"] == tool_call_id), None)
