@@ -108,7 +108,8 @@ class CrashRun:
         deadline = time.monotonic() + WAIT_SECONDS
         while not condition():
             for worker in workers:
-                if worker.exited():
+                # Looked at again once the worker is gone: it may have made `condition` true just before exiting.
+                if worker.exited() and not condition():
                     pytest.fail(f"worker exited ({worker.process.returncode}) before {what}:\n{worker.log_tail()}")
             if time.monotonic() > deadline:
                 logs = "\n".join(f"{worker.log_path.name}:\n{worker.log_tail()}" for worker in workers)
