@@ -346,18 +346,15 @@ def _decide(
     if not statuses:
         raise ApprovalRejected(f"No run {workflow_id!r}: nothing to decide.")
     state = _published_state(connection, workflow_id)
-    waiting = statuses[0].status == "PENDING" and state is not None and state["status"] == "waiting"
-    if not waiting and state is not None and tool_call_id in state.get("decided", {}):
-        # The run already read this call's decision and went on (or finished): that is the reason to give.
-        entry = next((e for e in state["calls"] if e["tool_call_id"] == tool_call_id), None)
-        if entry is not None and state["decided"][tool_call_id].get("decision") == TIMED_OUT:
-            raise ApprovalRejected(_too_late(workflow_id, entry, state["deadline"], timed_out=True))
-        raise ApprovalRejected(f"Tool call {tool_call_id!r} of run {workflow_id!r} was already decided.")
+    entry = next((e for e in state["calls"] if e["tool_call_id"] == tool_call_id), None) if state else None
+    if state is not None and entry is not None and tool_call_id in state["decided"]:
+        # The run has read this call's decision (and may have gone on, or finished): that is the reason to give.
+        decided = state["decided"][tool_call_id].get("decision")
+        raise ApprovalRejected(_already_decided(workflow_id, entry, state, decided))
     if statuses[0].status != "PENDING":
         raise ApprovalRejected(f"Run {workflow_id!r} is {statuses[0].status}, not waiting for a decision.")
     if state is None or state["status"] != "waiting":
         raise ApprovalRejected(f"Run {workflow_id!r} is not waiting for a decision.")
-    entry = next((e for e in state["calls"] if e["tool_call_id"] == tool_call_id), None)
     if entry is None:
         waiting_for = [e["tool_call_id"] for e in state["calls"]]
         raise ApprovalRejected(
@@ -368,11 +365,8 @@ def _decide(
     # An accepted decision needs no read of the table first: the insert below is the check, and its conflict says
     # who was first. A refused one reads the call's row, so that "already decided" (or "timed out") comes first.
     row = _recorded_decisions(connection, workflow_id, wait_id).get(tool_call_id) if refusal is not None else None
-    decided = row["decision"] if row is not None else state["decided"].get(tool_call_id, {}).get("decision")
-    if decided == TIMED_OUT:
-        raise ApprovalRejected(_too_late(workflow_id, entry, state["deadline"], timed_out=True))
-    if decided is not None:
-        raise ApprovalRejected(f"Tool call {tool_call_id!r} of run {workflow_id!r} was already decided.")
+    if row is not None:
+        raise ApprovalRejected(_already_decided(workflow_id, entry, state, row["decision"]))
     if refusal is not None:
         raise ApprovalRejected(refusal)
     decided_at = time.time()
@@ -411,9 +405,14 @@ def _decide(
         if inserted:
             raise
         row = _recorded_decisions(connection, workflow_id, wait_id).get(tool_call_id)
-        if row is not None and row["decision"] == TIMED_OUT:
-            raise ApprovalRejected(_too_late(workflow_id, entry, state["deadline"], timed_out=True)) from None
-        raise ApprovalRejected(f"Tool call {tool_call_id!r} of run {workflow_id!r} was already decided.") from None
+        raise ApprovalRejected(_already_decided(workflow_id, entry, state, row["decision"] if row else None)) from None
+
+
+def _already_decided(workflow_id: str, entry: dict[str, Any], state: dict[str, Any], decision: str | None) -> str:
+    """Why a second decision on a call is refused: the run's timeout got there first, or another decision did."""
+    if decision == TIMED_OUT:
+        return _too_late(workflow_id, entry, state["deadline"], timed_out=True)
+    return f"Tool call {entry['tool_call_id']!r} of run {workflow_id!r} was already decided."
 
 
 def _refusal(
