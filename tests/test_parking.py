@@ -18,7 +18,6 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-import sqlalchemy as sa
 from dbos import DBOS, SetWorkflowID
 from pydantic_ai import Agent
 from pydantic_ai.exceptions import UserError
@@ -34,6 +33,7 @@ from dbos_pydantic_ai._approval_table import launched_decisions
 from dbos_pydantic_ai._compat import active_workflow_ids, recovery_attempts
 from dbos_pydantic_ai._parking import parked_run_ids
 from dbos_pydantic_ai.names import APPROVALS_EVENT
+from test_approvals_inbox import backend_connections
 
 PARK_AFTER = 0.3
 WAIT_SECONDS = 60.0
@@ -307,16 +307,7 @@ def _held_outside_the_pool(database_url: str) -> tuple[int, int]:
     pool: Any = sys_db.engine.pool
     if database_url.startswith("sqlite"):
         return pool.checkedout(), 0
-    checker = sa.create_engine(database_url, poolclass=sa.pool.NullPool)
-    try:
-        with checker.connect() as connection:
-            query = (
-                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
-            )
-            server_side = int(connection.execute(sa.text(query)).scalar_one())
-    finally:
-        checker.dispose()
-    return pool.checkedout(), server_side - pool.checkedin() - pool.checkedout()
+    return pool.checkedout(), backend_connections(database_url) - pool.checkedin() - pool.checkedout()
 
 
 @pytest.mark.timeout(300)
